@@ -1,0 +1,83 @@
+//! Command-line interface: one struct per subcommand; doc comments are the `--help` text.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+use crate::device::DeviceChoice;
+
+/// SeQ-GAN: semantic-enhanced VQ tokenizers and generative transformers, in one binary.
+#[derive(Parser, Debug)]
+#[command(name = "seqgan", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Phase 1: train the VQ tokenizer (L1 + VQ + usage entropy + semantic perceptual loss + GAN).
+    TrainTokenizer(TrainTokenizerArgs),
+    /// Time training steps of a stage on a device and print img/s and peak memory.
+    Bench(BenchArgs),
+}
+
+/// Arguments of `train-tokenizer`.
+#[derive(Args, Debug)]
+pub struct TrainTokenizerArgs {
+    /// Config preset (tiny, small, paper256) or a JSON config file.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Override a config value, e.g. `--set train.steps=1000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Training images: an ImageFolder (`root/<class>/<image>`) or `builtin:shapes`.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Run folder to create.
+    #[arg(long, default_value = "runs/tokenizer", conflicts_with = "resume")]
+    pub out: PathBuf,
+    /// Continue the run in this folder exactly where its last checkpoint left off.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
+}
+
+/// Which stage `bench` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchStage {
+    /// A full phase-1 training step (generator + discriminator, GAN and R1 on).
+    Tokenizer,
+    /// Forward + backward of the perceptual losses `L_sem` and `L_low` alone.
+    Perceptual,
+}
+
+/// Arguments of `bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Stage to time.
+    #[arg(long, value_enum, default_value_t = BenchStage::Tokenizer)]
+    pub stage: BenchStage,
+    /// Config preset or JSON file (tokenizer stage; its perceptual.weights is used by both).
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Override a config value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Image side for the perceptual stage.
+    #[arg(long, default_value_t = 64)]
+    pub res: usize,
+    /// Batch size for the perceptual stage.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
+}

@@ -1,0 +1,111 @@
+//! Data: image folders and the built-in dataset, transforms, and a threaded batch loader.
+
+pub mod folder;
+pub mod loader;
+pub mod shapes;
+pub mod transform;
+
+use anyhow::{Result, bail};
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+
+pub use folder::ImageFolder;
+pub use loader::{Batch, Loader, Order};
+pub use shapes::Shapes;
+
+/// Index offset of the held-out split of `builtin:shapes` (`builtin:shapes:val`).
+pub const SHAPES_VAL_OFFSET: u64 = 1 << 40;
+
+/// A labelled image source.
+#[derive(Clone, Debug)]
+pub enum Dataset {
+    /// Files on disk.
+    Folder(ImageFolder),
+    /// `builtin:shapes` (or `builtin:shapes:val`, a disjoint held-out split).
+    Shapes(Shapes),
+}
+
+impl Dataset {
+    /// `spec` is a folder path, `builtin:shapes` or `builtin:shapes:val`.
+    pub fn open(spec: &str, builtin_len: usize) -> Result<Self> {
+        match spec {
+            "builtin:shapes" => Ok(Self::Shapes(Shapes::new(builtin_len, 0))),
+            "builtin:shapes:val" => Ok(Self::Shapes(Shapes::new(builtin_len, SHAPES_VAL_OFFSET))),
+            s if s.starts_with("builtin:") => {
+                bail!(
+                    "unknown built-in dataset `{s}` (available: builtin:shapes, builtin:shapes:val)"
+                )
+            }
+            s => Ok(Self::Folder(ImageFolder::open(Path::new(s))?)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Folder(f) => f.len(),
+            Self::Shapes(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn class_names(&self) -> Vec<String> {
+        match self {
+            Self::Folder(f) => f.class_names().to_vec(),
+            Self::Shapes(_) => shapes::CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn label(&self, index: usize) -> usize {
+        match self {
+            Self::Folder(f) => f.label(index),
+            Self::Shapes(s) => s.label(index),
+        }
+    }
+
+    /// Loads image `index` at a size with shorter side >= `res` (shapes are drawn at `res`);
+    /// `None` means the file was unreadable and has been counted as skipped.
+    pub fn load(&self, index: usize, res: usize) -> Option<RgbImage> {
+        match self {
+            Self::Folder(f) => f.decode(index),
+            Self::Shapes(s) => Some(s.draw(index, res)),
+        }
+    }
+
+    /// Unreadable files met so far.
+    pub fn skipped(&self) -> Vec<(PathBuf, String)> {
+        match self {
+            Self::Folder(f) => f.skipped(),
+            Self::Shapes(_) => Vec::new(),
+        }
+    }
+
+    /// Prints the skip report (count and the first few files) if anything was skipped.
+    pub fn report_skipped(&self) {
+        let skipped = self.skipped();
+        if skipped.is_empty() {
+            return;
+        }
+        eprintln!("skipped {} unreadable image file(s):", skipped.len());
+        for (path, reason) in skipped.iter().take(10) {
+            eprintln!("  {}: {reason}", path.display());
+        }
+        if skipped.len() > 10 {
+            eprintln!("  ... and {} more", skipped.len() - 10);
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Folder(f) => format!(
+                "{} ({} images, {} classes)",
+                f.root().display(),
+                f.len(),
+                f.class_names().len()
+            ),
+            Self::Shapes(s) => format!("builtin:shapes ({} images, 10 classes)", s.len()),
+        }
+    }
+}

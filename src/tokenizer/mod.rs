@@ -1,0 +1,64 @@
+//! The conv VQ tokenizer: encoder, quantiser, decoder, and the GAN discriminator.
+
+pub mod blocks;
+pub mod decoder;
+pub mod discriminator;
+pub mod encoder;
+pub mod quantizer;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+
+pub use decoder::Decoder;
+pub use discriminator::Discriminator;
+pub use encoder::Encoder;
+pub use quantizer::{QuantOut, Quantizer};
+
+use crate::config::TokenizerModelConfig;
+
+/// Encoder + codebook + decoder.
+#[derive(Module, Debug)]
+pub struct VqModel {
+    pub encoder: Encoder,
+    pub quantizer: Quantizer,
+    pub decoder: Decoder,
+}
+
+impl VqModel {
+    pub fn new(c: &TokenizerModelConfig, device: &Device) -> Self {
+        Self {
+            encoder: Encoder::new(c, device),
+            quantizer: Quantizer::new(c.codebook_size, c.code_dim, device),
+            decoder: Decoder::new(c, device),
+        }
+    }
+
+    /// Reconstruction and quantiser outputs.
+    pub fn forward(&self, x: Tensor<4>, entropy_temperature: f64) -> (Tensor<4>, QuantOut) {
+        let q = self
+            .quantizer
+            .forward(self.encoder.forward(x), entropy_temperature);
+        (self.decoder.forward(q.z_q.clone()), q)
+    }
+
+    /// Token maps `[B, h, w]` of images `[B, 3, H, W]`.
+    pub fn encode(&self, x: Tensor<4>) -> Tensor<3, Int> {
+        let z = self.encoder.forward(x);
+        let [b, _, h, w] = z.dims();
+        self.quantizer.forward(z, 1.0).indices.reshape([b, h, w])
+    }
+
+    /// Images from token maps.
+    pub fn decode_indices(&self, indices: Tensor<3, Int>) -> Tensor<4> {
+        self.decoder.forward(self.quantizer.lookup(indices))
+    }
+
+    /// `(name, parameter count)` of each part.
+    pub fn param_counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            ("encoder", self.encoder.num_params()),
+            ("codebook", self.quantizer.num_params()),
+            ("decoder", self.decoder.num_params()),
+        ]
+    }
+}

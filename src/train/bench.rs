@@ -1,0 +1,132 @@
+//! `seqgan bench`: times training steps of a stage on a device and prints figures.
+
+use anyhow::Result;
+use burn::tensor::{Device, Distribution, Tensor};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use super::gan::GanLoop;
+use crate::config::{LogitMode, PerceptualConfig, TokenizerRunConfig};
+use crate::data::{Dataset, Loader, Order};
+use crate::perceptual::PerceptualLoss;
+
+/// Peak resident memory of this process in MiB (Linux), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn report(what: &str, images: usize, secs: f64, device: &Device) {
+    let mem = device
+        .memory_pool_usage()
+        .map(|u| format!("{u:?}"))
+        .unwrap_or_else(|| "n/a".into());
+    println!(
+        "{what}: {:.2} img/s ({:.1} ms/step); peak host RSS {:.0} MiB; device pool {mem}",
+        images as f64 / secs,
+        1000.0 * secs / images as f64,
+        peak_rss_mib().unwrap_or(f64::NAN),
+    );
+}
+
+/// Phase-1 steps with the GAN on (disc_start = 0): the steady-state cost of a step.
+pub fn bench_tokenizer(
+    mut cfg: TokenizerRunConfig,
+    device: &Device,
+    steps: usize,
+    warmup: usize,
+) -> Result<f64> {
+    cfg.loss.disc_start = 0;
+    cfg.validate()?;
+    let ad = device.clone().autodiff();
+    let perceptual = PerceptualLoss::new(&cfg.perceptual, &ad)?;
+    let lp = GanLoop {
+        cfg: &cfg,
+        device: ad.clone(),
+        perceptual: &perceptual,
+    };
+    let mut st = lp.init_state();
+    let dataset = Dataset::open(&cfg.data.path, cfg.data.builtin_len)?;
+    let t = &cfg.train;
+    let mut loader = Loader::new(
+        dataset,
+        cfg.model.resolution,
+        t.batch_size,
+        Order::Train {
+            seed: t.seed,
+            hflip: true,
+        },
+        0,
+        t.num_workers,
+        t.prefetch,
+    )?;
+    let stop = AtomicBool::new(false);
+    let _ = &stop;
+    for _ in 0..warmup {
+        let (terms, _, _) = lp.step(&mut st, &mut loader)?;
+        let _ = terms.loss.into_scalar::<f32>();
+    }
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let (terms, _, _) = lp.step(&mut st, &mut loader)?;
+        let _ = terms.loss.into_scalar::<f32>(); // sync, so the time is real
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let images = steps * t.batch_size * t.grad_accum;
+    println!(
+        "tokenizer phase 1 @ {}x{}, batch {} x accum {}, {} steps (+{} warm-up), GAN + R1 on:",
+        cfg.model.resolution, cfg.model.resolution, t.batch_size, t.grad_accum, steps, warmup
+    );
+    report("  train step", images, secs, &ad);
+    Ok(images as f64 / secs)
+}
+
+/// Forward + backward of `L_sem` and `L_low` alone at `res x res`, batch `batch`.
+pub fn bench_perceptual(
+    weights: &std::path::Path,
+    device: &Device,
+    res: usize,
+    batch: usize,
+    steps: usize,
+) -> Result<()> {
+    let ad = device.clone().autodiff();
+    for (name, alpha) in [("L_sem", 1.0), ("L_low", 0.0)] {
+        let mut cfg = PerceptualConfig {
+            weights: weights.to_path_buf(),
+            alpha,
+            ..Default::default()
+        };
+        let probe = PerceptualLoss::new(&cfg, &ad);
+        if probe.is_err() {
+            cfg.logits = LogitMode::Relu5Only;
+        }
+        let loss = PerceptualLoss::new(&cfg, &ad)?;
+        let x = Tensor::<4>::random([batch, 3, res, res], Distribution::Uniform(-1.0, 1.0), &ad);
+        let run = |n: usize| {
+            for _ in 0..n {
+                let x_hat = Tensor::<4>::random(
+                    [batch, 3, res, res],
+                    Distribution::Uniform(-1.0, 1.0),
+                    &ad,
+                )
+                .require_grad();
+                let terms = loss.forward(x_hat.clone(), x.clone());
+                let grads = terms.total.backward();
+                let g = x_hat.grad(&grads).expect("input gradient");
+                let _ = g.sum().into_scalar::<f32>();
+            }
+        };
+        run(1);
+        let t0 = Instant::now();
+        run(steps);
+        let secs = t0.elapsed().as_secs_f64();
+        println!(
+            "perceptual {name} ({}) @ {res}x{res}, batch {batch}, fwd+bwd:",
+            loss.describe()
+        );
+        report("  ", steps * batch, secs, &ad);
+    }
+    Ok(())
+}

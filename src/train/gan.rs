@@ -1,0 +1,481 @@
+//! The GAN training loop shared by the tokenizer phases: L1 + VQ + usage entropy + perceptual
+//! `L_alpha` + adversarial loss, Adam for generator and discriminator, gradient accumulation,
+//! optional EMA, atomic checkpoints, exact resume, Ctrl-C handling, metrics and sample grids.
+//!
+//! What is trained is decided by the model itself: parts marked `no_grad()` (phase 2 freezes
+//! encoder and codebook) get no gradients and so are never touched by the optimiser.
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::store::ModuleRecord;
+use burn::tensor::activation::{relu, softplus};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::checkpoint::{RunDir, TrainState, read_file};
+use super::ema;
+use super::metrics::MetricsLog;
+use super::progress::Progress;
+use crate::config::{GanLossKind, TokenizerRunConfig};
+use crate::data::loader::{keyed_rng, normal_vec};
+use crate::data::{Batch, Dataset, Loader, Order};
+use crate::image_io;
+use crate::perceptual::PerceptualLoss;
+use crate::tokenizer::{Discriminator, VqModel};
+
+/// Finite-difference step (in [-1, 1] pixel units) of the R1 estimator.
+pub const R1_FD_EPS: f64 = 1e-2;
+
+/// Everything one GAN phase trains and evaluates.
+pub struct GanState {
+    pub model: VqModel,
+    pub disc: Discriminator,
+    pub ema: Option<VqModel>,
+    pub optim_g: ModuleOptimizer,
+    pub optim_d: ModuleOptimizer,
+    pub state: TrainState,
+}
+
+/// Loss terms of one generator step (device scalars; read only when logging).
+pub(crate) struct Terms {
+    pub(crate) loss: Tensor<1>,
+    l1: Tensor<1>,
+    pub(crate) perceptual: Tensor<1>,
+    pub(crate) l_low: Option<Tensor<1>>,
+    pub(crate) l_sem: Option<Tensor<1>>,
+    pub(crate) codebook: Tensor<1>,
+    pub(crate) commit: Tensor<1>,
+    pub(crate) entropy: Tensor<1>,
+    pub(crate) g_adv: Option<Tensor<1>>,
+}
+
+/// The fixed pieces of a phase.
+pub struct GanLoop<'a> {
+    pub cfg: &'a TokenizerRunConfig,
+    pub device: Device,
+    pub perceptual: &'a PerceptualLoss,
+}
+
+fn adam(cfg: &TokenizerRunConfig) -> ModuleOptimizer {
+    AdamConfig::new()
+        .with_beta_1(cfg.train.beta1 as f32)
+        .with_beta_2(cfg.train.beta2 as f32)
+        .init()
+}
+
+fn scalar(t: &Tensor<1>) -> f64 {
+    t.clone().into_scalar::<f32>() as f64
+}
+
+/// Uploads a host batch to the device as `[B, 3, H, W]`.
+pub fn batch_tensor(batch: &Batch, device: &Device) -> Tensor<4> {
+    let n = batch.len();
+    Tensor::from_data(
+        TensorData::new(batch.images.clone(), [n, 3, batch.res, batch.res]),
+        device,
+    )
+}
+
+impl<'a> GanLoop<'a> {
+    /// Fresh models and optimisers, seeded by `train.seed`.
+    pub fn init_state(&self) -> GanState {
+        self.device.seed(self.cfg.train.seed);
+        let model = VqModel::new(&self.cfg.model, &self.device);
+        let disc = Discriminator::new(&self.cfg.disc, self.cfg.model.resolution, &self.device);
+        let ema = (self.cfg.train.ema_decay > 0.0).then(|| model.clone());
+        GanState {
+            model,
+            disc,
+            ema,
+            optim_g: adam(self.cfg),
+            optim_d: adam(self.cfg),
+            state: TrainState {
+                seed: self.cfg.train.seed,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Loads the state saved in checkpoint folder `dir` into freshly built modules.
+    pub fn load_state(&self, dir: &Path, state: TrainState) -> Result<GanState> {
+        let fresh = self.init_state();
+        let load = |name: &str| -> Result<ModuleRecord> {
+            ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(read_file(dir, name)?))
+                .map_err(|e| anyhow::anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))
+        };
+        let model = fresh
+            .model
+            .try_load_record(load("model.bpk")?)
+            .map_err(|e| {
+                anyhow::anyhow!("{}/model.bpk does not fit the config: {e:?}", dir.display())
+            })?;
+        let disc = fresh.disc.try_load_record(load("disc.bpk")?).map_err(|e| {
+            anyhow::anyhow!("{}/disc.bpk does not fit the config: {e:?}", dir.display())
+        })?;
+        let ema = match fresh.ema {
+            Some(e) => Some(
+                e.try_load_record(load("ema.bpk")?)
+                    .map_err(|e| anyhow::anyhow!("{}/ema.bpk: {e:?}", dir.display()))?,
+            ),
+            None => None,
+        };
+        let optim = |o: ModuleOptimizer, name: &str| -> Result<ModuleOptimizer> {
+            o.from_bytes(burn::tensor::Bytes::from_bytes_vec(read_file(dir, name)?))
+                .map_err(|e| anyhow::anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))
+        };
+        Ok(GanState {
+            model,
+            disc,
+            ema,
+            optim_g: optim(fresh.optim_g, "optim_g.bpk")?,
+            optim_d: optim(fresh.optim_d, "optim_d.bpk")?,
+            state,
+        })
+    }
+
+    /// Serialises a state into checkpoint files.
+    pub fn state_files(st: &GanState) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        let rec = |m: ModuleRecord| -> Result<Vec<u8>> {
+            Ok(m.into_bytes()
+                .map_err(|e| anyhow::anyhow!("serialising weights: {e:?}"))?
+                .to_vec())
+        };
+        let mut files = vec![
+            ("model.bpk", rec(st.model.clone().into_record())?),
+            ("disc.bpk", rec(st.disc.clone().into_record())?),
+            (
+                "optim_g.bpk",
+                st.optim_g
+                    .into_bytes()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                    .to_vec(),
+            ),
+            (
+                "optim_d.bpk",
+                st.optim_d
+                    .into_bytes()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
+                    .to_vec(),
+            ),
+        ];
+        if let Some(e) = &st.ema {
+            files.push(("ema.bpk", rec(e.clone().into_record())?));
+        }
+        Ok(files)
+    }
+
+    fn lr(&self, step: usize, base: f64) -> f64 {
+        let w = self.cfg.train.warmup_steps;
+        if w == 0 {
+            base
+        } else {
+            base * ((step + 1) as f64 / w as f64).min(1.0)
+        }
+    }
+
+    fn gan_on(&self, step: usize) -> bool {
+        self.cfg.loss.gan > 0.0 && step >= self.cfg.loss.disc_start
+    }
+
+    fn generator_terms(
+        &self,
+        model: &VqModel,
+        disc: Option<&Discriminator>,
+        x: Tensor<4>,
+    ) -> (Terms, Tensor<4>, Tensor<1, Int>) {
+        let l = &self.cfg.loss;
+        let (x_hat, q) = model.forward(x.clone(), l.entropy_temperature);
+        let l1 = (x_hat.clone() - x.clone()).abs().mean();
+        let p = self.perceptual.forward(x_hat.clone(), x);
+        let mut loss = l1.clone() * l.l1
+            + p.total.clone() * l.perceptual
+            + q.codebook_loss.clone() * l.codebook
+            + q.commit_loss.clone() * (l.codebook * l.beta)
+            - q.usage_entropy.clone() * l.entropy_gamma;
+        let g_adv = disc.map(|d| {
+            let logits = d.forward(x_hat.clone());
+            let g = match l.gan_loss {
+                GanLossKind::NonSaturating => softplus(logits.neg(), 1.0).mean(),
+                GanLossKind::Hinge => logits.neg().mean(),
+            };
+            loss = loss.clone() + g.clone() * l.gan;
+            g
+        });
+        let terms = Terms {
+            loss,
+            l1,
+            perceptual: p.total,
+            l_low: p.low,
+            l_sem: p.sem,
+            codebook: q.codebook_loss,
+            commit: q.commit_loss,
+            entropy: q.usage_entropy,
+            g_adv,
+        };
+        (terms, x_hat.detach(), q.indices)
+    }
+
+    fn disc_loss(
+        &self,
+        disc: &Discriminator,
+        x: Tensor<4>,
+        x_hat: Tensor<4>,
+        r1_key: Option<u64>,
+    ) -> (Tensor<1>, Option<Tensor<1>>) {
+        let l = &self.cfg.loss;
+        let real = disc.forward(x.clone());
+        let fake = disc.forward(x_hat);
+        let mut loss = match l.gan_loss {
+            GanLossKind::NonSaturating => {
+                softplus(real.clone().neg(), 1.0).mean() + softplus(fake, 1.0).mean()
+            }
+            GanLossKind::Hinge => relu(real.clone().neg() + 1.0).mean() + relu(fake + 1.0).mean(),
+        };
+        // Lazy R1 = E ||grad_x D(x)||^2, estimated without double backprop as
+        // E_v[((D(x + eps v) - D(x)) / eps)^2] with v ~ N(0, I) (a Hutchinson-style estimator).
+        let r1 = r1_key.filter(|_| l.r1_gamma > 0.0).map(|key| {
+            let dims = x.dims();
+            let n: usize = dims.iter().product();
+            let mut rng = keyed_rng(self.cfg.train.seed ^ 0x5231, key);
+            let v = Tensor::<4>::from_data(
+                TensorData::new(normal_vec(&mut rng, n), dims),
+                &self.device,
+            );
+            let shifted = disc.forward(x + v * R1_FD_EPS);
+            let r1 = ((shifted - real) / R1_FD_EPS).powi_scalar(2).mean();
+            loss = loss.clone() + r1.clone() * (0.5 * l.r1_gamma * l.r1_interval as f64);
+            r1
+        });
+        (loss, r1)
+    }
+
+    /// One optimiser step over `grad_accum` micro-batches. Returns the last micro-batch's
+    /// terms and the code indices seen.
+    pub(crate) fn step(
+        &self,
+        st: &mut GanState,
+        loader: &mut Loader,
+    ) -> Result<(
+        Terms,
+        Option<(Tensor<1>, Option<Tensor<1>>)>,
+        Vec<Tensor<1, Int>>,
+    )> {
+        let t = &self.cfg.train;
+        let step = st.state.step;
+        let gan = self.gan_on(step);
+        let accum = t.grad_accum;
+        let disc_frozen = gan.then(|| st.disc.clone().no_grad());
+        let mut acc_g = GradientsAccumulator::new();
+        let mut pairs = Vec::with_capacity(accum);
+        let mut indices = Vec::with_capacity(accum);
+        let mut last = None;
+        for _ in 0..accum {
+            let batch = loader.next_batch().context("the data loader stopped")?;
+            st.state.batches_drawn += 1;
+            st.state.images_seen += batch.len() as u64;
+            let x = batch_tensor(&batch, &self.device);
+            let (terms, x_hat, idx) =
+                self.generator_terms(&st.model, disc_frozen.as_ref(), x.clone());
+            let grads = (terms.loss.clone() / accum as f64).backward();
+            acc_g.accumulate(&st.model, GradientsParams::from_grads(grads, &st.model));
+            pairs.push((x, x_hat));
+            indices.push(idx);
+            last = Some(terms);
+        }
+        let lr = self.lr(step, t.lr);
+        st.model = st.optim_g.step(lr, st.model.clone(), acc_g.grads());
+        if let Some(e) = st.ema.take() {
+            st.ema = Some(ema::update(e, &st.model, t.ema_decay));
+        }
+        let mut d_out = None;
+        if gan {
+            let d_step = step - self.cfg.loss.disc_start;
+            let r1_now = d_step % self.cfg.loss.r1_interval == 0;
+            let mut acc_d = GradientsAccumulator::new();
+            for (i, (x, x_hat)) in pairs.into_iter().enumerate() {
+                let key = (step * accum + i) as u64;
+                let (loss, r1) = self.disc_loss(&st.disc, x, x_hat, r1_now.then_some(key));
+                let grads = (loss.clone() / accum as f64).backward();
+                acc_d.accumulate(&st.disc, GradientsParams::from_grads(grads, &st.disc));
+                d_out = Some((loss, r1));
+            }
+            let lr_d = self.lr(step, t.disc_lr);
+            st.disc = st.optim_d.step(lr_d, st.disc.clone(), acc_d.grads());
+        }
+        st.state.step += 1;
+        Ok((last.expect("grad_accum >= 1"), d_out, indices))
+    }
+
+    /// Trains until `train.steps` (or `stop_at`), saving into `run`. Returns the final state.
+    pub fn train(
+        &self,
+        run: &RunDir,
+        mut st: GanState,
+        dataset: Dataset,
+        preview: &Tensor<4>,
+        stop: &AtomicBool,
+        stop_at: Option<usize>,
+    ) -> Result<GanState> {
+        let t = &self.cfg.train;
+        let end = stop_at.unwrap_or(t.steps).min(t.steps);
+        let start = st.state.step;
+        let mut loader = Loader::new(
+            dataset.clone(),
+            self.cfg.model.resolution,
+            t.batch_size,
+            Order::Train {
+                seed: t.seed,
+                hflip: self.cfg.data.hflip,
+            },
+            st.state.batches_drawn,
+            t.num_workers,
+            t.prefetch,
+        )?;
+        let mut metrics = MetricsLog::open(&run.path("metrics.jsonl"), Some(start))?;
+        let progress = Progress::new(start, end);
+        let k = self.cfg.model.codebook_size;
+        let inner = self.device.clone().inner();
+        let mut counts = Tensor::<1>::zeros([k], &inner);
+        let mut window_start = Instant::now();
+        let mut window_images = 0u64;
+        let mut interrupted = false;
+        while st.state.step < end {
+            let t0 = Instant::now();
+            let (terms, d_out, indices) = self.step(&mut st, &mut loader)?;
+            for idx in indices {
+                let n = idx.dims()[0];
+                let idx = idx.inner();
+                counts = counts.scatter(0, idx, Tensor::ones([n], &inner), IndexingUpdateOp::Add);
+            }
+            window_images += (t.batch_size * t.grad_accum) as u64;
+            let step = st.state.step;
+            progress.set(step);
+            if step % t.log_every == 0 || step == end {
+                let hist: Vec<f32> = counts.clone().into_data().try_to_vec().expect("f32 counts");
+                counts = Tensor::zeros([k], &inner);
+                let total: f32 = hist.iter().sum();
+                let used = hist.iter().filter(|c| **c > 0.0).count();
+                let entropy: f64 = hist
+                    .iter()
+                    .filter(|c| **c > 0.0)
+                    .map(|c| {
+                        let p = (*c / total) as f64;
+                        -p * p.ln()
+                    })
+                    .sum();
+                let secs = window_start.elapsed().as_secs_f64();
+                st.state.train_seconds += secs;
+                let mut rec = json!({
+                    "step": step,
+                    "loss": scalar(&terms.loss),
+                    "l1": scalar(&terms.l1),
+                    "perceptual": scalar(&terms.perceptual),
+                    "codebook": scalar(&terms.codebook),
+                    "commit": scalar(&terms.commit),
+                    "usage_entropy_soft": scalar(&terms.entropy),
+                    "codebook_usage": used as f64 / k as f64,
+                    "perplexity": entropy.exp(),
+                    "lr": self.lr(step - 1, t.lr),
+                    "img_per_s": window_images as f64 / secs.max(1e-9),
+                    "images_seen": st.state.images_seen,
+                });
+                let obj = rec.as_object_mut().expect("object");
+                if let Some(v) = &terms.l_low {
+                    obj.insert("l_low".into(), json!(scalar(v)));
+                }
+                if let Some(v) = &terms.l_sem {
+                    obj.insert("l_sem".into(), json!(scalar(v)));
+                }
+                if let Some(v) = &terms.g_adv {
+                    obj.insert("g_adv".into(), json!(scalar(v)));
+                }
+                if let Some((d, r1)) = &d_out {
+                    obj.insert("d_loss".into(), json!(scalar(d)));
+                    if let Some(r1) = r1 {
+                        obj.insert("r1".into(), json!(scalar(r1)));
+                    }
+                }
+                metrics.write(&rec)?;
+                progress.message(
+                    step,
+                    end,
+                    &format!(
+                        "loss {:.4} l1 {:.4} usage {:.0}% {:.1} img/s",
+                        rec["loss"].as_f64().unwrap_or(f64::NAN),
+                        rec["l1"].as_f64().unwrap_or(f64::NAN),
+                        100.0 * used as f64 / k as f64,
+                        rec["img_per_s"].as_f64().unwrap_or(0.0)
+                    ),
+                );
+                st.state.last_metrics = rec;
+                window_start = Instant::now();
+                window_images = 0;
+            }
+            let _ = t0;
+            if t.sample_every > 0 && (step % t.sample_every == 0 || step == end) {
+                self.write_samples(run, &st, preview, step)?;
+            }
+            interrupted = stop.load(Ordering::SeqCst);
+            if step % t.checkpoint_every == 0 || step == end || interrupted {
+                run.save(step, &Self::state_files(&st)?, &st.state, t.keep_last)?;
+            }
+            if interrupted {
+                break;
+            }
+        }
+        progress.finish();
+        dataset.report_skipped();
+        if interrupted {
+            eprintln!(
+                "interrupted: saved step {} to {}. Resume with: seqgan train-tokenizer --resume {}",
+                st.state.step,
+                run.root().display(),
+                run.root().display()
+            );
+        }
+        Ok(st)
+    }
+
+    /// Writes `samples/step-N.png`: inputs over reconstructions.
+    pub fn write_samples(
+        &self,
+        run: &RunDir,
+        st: &GanState,
+        preview: &Tensor<4>,
+        step: usize,
+    ) -> Result<()> {
+        let model = st.ema.as_ref().unwrap_or(&st.model).valid();
+        let x = preview.clone().inner();
+        let (x_hat, _) = model.forward(x.clone(), 1.0);
+        let grid = image_io::grid(&[image_io::to_images(x), image_io::to_images(x_hat)]);
+        image_io::save_png(&grid, &run.path(&format!("samples/step-{step:07}.png")))
+    }
+}
+
+/// A small fixed held-out batch for sample grids (`builtin:shapes:val` or the first images).
+pub fn preview_batch(
+    data: &str,
+    builtin_len: usize,
+    res: usize,
+    n: usize,
+    device: &Device,
+) -> Result<Tensor<4>> {
+    let spec = if data == "builtin:shapes" {
+        "builtin:shapes:val"
+    } else {
+        data
+    };
+    let ds = Dataset::open(spec, builtin_len.max(n))?;
+    let mut loader = Loader::new(ds, res, n, Order::Sequential, 0, 1, 1)?;
+    let batch = loader.next_batch().context("no readable preview images")?;
+    Ok(batch_tensor(&batch, device))
+}
+
+/// Summary values for callers and tests.
+pub fn last_metric(st: &GanState, key: &str) -> Option<f64> {
+    st.state.last_metrics.get(key).and_then(Value::as_f64)
+}

@@ -1,0 +1,9 @@
+//! Training loops and their shared pieces.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod ema;
+pub mod gan;
+pub mod metrics;
+pub mod progress;
+pub mod tokenizer;

@@ -1,0 +1,137 @@
+//! `seqgan train-tokenizer`: phase 1 (encoder, codebook, decoder, discriminator).
+
+use anyhow::{Result, bail, ensure};
+use burn::module::Module;
+use burn::tensor::Device;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use super::checkpoint::RunDir;
+use super::gan::{GanLoop, GanState, preview_batch};
+use crate::config::{self, LogitMode, RunKind, TokenizerRunConfig};
+use crate::data::Dataset;
+use crate::perceptual::PerceptualLoss;
+
+/// Where a phase-1 run comes from.
+pub enum Start<'a> {
+    /// A new run into this folder.
+    New {
+        config: TokenizerRunConfig,
+        out: &'a Path,
+    },
+    /// Continue the run in this folder, with `--set` overrides (e.g. more steps).
+    Resume { run: &'a Path, sets: &'a [String] },
+}
+
+/// Resolves the config of a start (validates it, fills in class names).
+pub fn resolve_config(start: &Start) -> Result<(TokenizerRunConfig, PathBuf, bool)> {
+    let (mut cfg, out, resume) = match start {
+        Start::New { config, out } => {
+            let run = RunDir::create(out)?;
+            if run.latest()?.is_some() {
+                bail!(
+                    "{} already holds a run; continue it with `--resume {}` or choose another --out",
+                    out.display(),
+                    out.display()
+                );
+            }
+            (config.clone(), out.to_path_buf(), false)
+        }
+        Start::Resume { run, sets } => {
+            let dir = RunDir::open(run, RunKind::Tokenizer)?;
+            let cfg: TokenizerRunConfig = dir.read_config()?;
+            let defaults = serde_json::to_value(TokenizerRunConfig::default())?;
+            let value = config::apply_overrides(serde_json::to_value(&cfg)?, sets, &defaults)?;
+            (serde_json::from_value(value)?, run.to_path_buf(), true)
+        }
+    };
+    cfg.kind = RunKind::Tokenizer;
+    cfg.validate()?;
+    let dataset = Dataset::open(&cfg.data.path, cfg.data.builtin_len)?;
+    let names = dataset.class_names();
+    if resume && !cfg.class_names.is_empty() && cfg.class_names != names {
+        bail!(
+            "the data at {} has classes that differ from the run's config.json ({} vs {} classes)",
+            cfg.data.path,
+            names.len(),
+            cfg.class_names.len()
+        );
+    }
+    cfg.class_names = names;
+    Ok((cfg, out, resume))
+}
+
+/// Runs phase 1 on `device` (a plain device; autodiff is added here). Returns the final state.
+pub fn train_tokenizer(start: Start, device: &Device, stop: &AtomicBool) -> Result<GanState> {
+    let (cfg, out, resume) = resolve_config(&start)?;
+    let dataset = Dataset::open(&cfg.data.path, cfg.data.builtin_len)?;
+    eprintln!("data: {}", dataset.describe());
+    let ad = device.clone().autodiff();
+    let perceptual = PerceptualLoss::new(&cfg.perceptual, &ad)?;
+    eprintln!(
+        "perceptual: {} (weights {})",
+        perceptual.describe(),
+        cfg.perceptual.weights.display()
+    );
+    if cfg.perceptual.alpha > 0.0 && cfg.perceptual.logits == LogitMode::Relu5Only {
+        eprintln!(
+            "WARNING: L_sem runs WITHOUT the class-logit term (perceptual.logits = relu5-only); \
+             the paper's L_sem needs VGG-16 classifier weights (torchvision vgg16-397923af.pth)"
+        );
+    }
+    let run = RunDir::create(&out)?;
+    run.write_config(&cfg)?;
+    let lp = GanLoop {
+        cfg: &cfg,
+        device: ad.clone(),
+        perceptual: &perceptual,
+    };
+    let st = match (resume, run.latest()?) {
+        (true, Some((dir, state))) => {
+            eprintln!("resuming {} at step {}", out.display(), state.step);
+            lp.load_state(&dir, state)?
+        }
+        (true, None) => bail!("{} has no checkpoint to resume", out.display()),
+        (false, _) => lp.init_state(),
+    };
+    print_param_counts(&st);
+    ensure!(
+        st.state.step < cfg.train.steps,
+        "{} is already at step {} of train.steps = {}; raise it with --set train.steps=N",
+        out.display(),
+        st.state.step,
+        cfg.train.steps
+    );
+    let preview = preview_batch(
+        &cfg.data.path,
+        cfg.data.builtin_len,
+        cfg.model.resolution,
+        8,
+        &ad,
+    )?;
+    let st = lp.train(&run, st, dataset, &preview, stop, None)?;
+    eprintln!("done: {} at step {}", out.display(), st.state.step);
+    Ok(st)
+}
+
+/// Prints the parameter count of every part.
+pub fn print_param_counts(st: &GanState) {
+    let mut total = 0;
+    for (name, n) in st.model.param_counts() {
+        eprintln!("params {name:>13}: {:>11} ({:.2}M)", n, n as f64 / 1e6);
+        total += n;
+    }
+    eprintln!(
+        "params {:>13}: {:>11} ({:.2}M)",
+        "tokenizer",
+        total,
+        total as f64 / 1e6
+    );
+    let d = st.disc.num_params();
+    eprintln!(
+        "params {:>13}: {:>11} ({:.2}M)",
+        "discriminator",
+        d,
+        d as f64 / 1e6
+    );
+}
