@@ -24,7 +24,7 @@ fn report(what: &str, images: usize, secs: f64, device: &Device) {
         .map(|u| format!("{u:?}"))
         .unwrap_or_else(|| "n/a".into());
     println!(
-        "{what}: {:.2} img/s ({:.1} ms/step); peak host RSS {:.0} MiB; device pool {mem}",
+        "{what}: {:.2} img/s ({:.1} ms/img); peak host RSS {:.0} MiB; device pool {mem}",
         images as f64 / secs,
         1000.0 * secs / images as f64,
         peak_rss_mib().unwrap_or(f64::NAN),

@@ -35,14 +35,39 @@ impl ModuleMapper for Blend {
     }
 }
 
-/// One EMA update of `ema` towards `model`.
+/// One EMA update of `ema` towards `model`. Panics if the two do not share parameter ids
+/// (the EMA copy must come from [`init`]).
 pub fn update<M: Module>(ema: M, model: &M, decay: f64) -> M {
-    let mut collect = Collect {
-        values: HashMap::new(),
-    };
+    let mut collect = Collect { values: HashMap::new() };
     model.visit(&mut collect);
-    ema.map(&mut Blend {
-        values: collect.values,
-        decay,
-    })
+    let mut blend = Blend { values: collect.values, decay };
+    let ema = ema.map(&mut blend);
+    assert!(blend.values.is_empty(), "EMA copy does not match the model's parameters");
+    ema
+}
+
+/// A detached, materialised copy of `model` to start an EMA from (same parameter ids).
+pub fn init<M: Module>(model: &M) -> M {
+    update(model.clone(), model, 0.0).no_grad()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Device;
+
+    #[test]
+    fn ema_blends_by_parameter() {
+        let device = Device::flex();
+        let model: Linear = LinearConfig::new(3, 2).init(&device);
+        let ema = init(&model);
+        let w0: Vec<f32> = ema.weight.val().into_data().try_to_vec().unwrap();
+        let shifted = Linear { weight: model.weight.clone().map(|t| t + 2.0), ..model.clone() };
+        let ema = update(ema, &shifted, 0.75);
+        let w1: Vec<f32> = ema.weight.val().into_data().try_to_vec().unwrap();
+        for (a, b) in w0.iter().zip(&w1) {
+            assert!((b - (a + 0.5)).abs() < 1e-6, "{a} -> {b}");
+        }
+    }
 }

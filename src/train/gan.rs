@@ -86,7 +86,7 @@ impl<'a> GanLoop<'a> {
         self.device.seed(self.cfg.train.seed);
         let model = VqModel::new(&self.cfg.model, &self.device);
         let disc = Discriminator::new(&self.cfg.disc, self.cfg.model.resolution, &self.device);
-        let ema = (self.cfg.train.ema_decay > 0.0).then(|| model.clone());
+        let ema = (self.cfg.train.ema_decay > 0.0).then(|| ema::init(&model));
         GanState {
             model,
             disc,
@@ -268,7 +268,9 @@ impl<'a> GanLoop<'a> {
         let step = st.state.step;
         let gan = self.gan_on(step);
         let accum = t.grad_accum;
-        let disc_frozen = gan.then(|| st.disc.clone().no_grad());
+        // The discriminator is used as is: its weight gradients from this pass are simply not
+        // applied (a `no_grad()` copy would share lazily-initialised parameter state with it).
+        let disc_for_g = gan.then_some(&st.disc);
         let mut acc_g = GradientsAccumulator::new();
         let mut pairs = Vec::with_capacity(accum);
         let mut indices = Vec::with_capacity(accum);
@@ -279,7 +281,7 @@ impl<'a> GanLoop<'a> {
             st.state.images_seen += batch.len() as u64;
             let x = batch_tensor(&batch, &self.device);
             let (terms, x_hat, idx) =
-                self.generator_terms(&st.model, disc_frozen.as_ref(), x.clone());
+                self.generator_terms(&st.model, disc_for_g, x.clone());
             let grads = (terms.loss.clone() / accum as f64).backward();
             acc_g.accumulate(&st.model, GradientsParams::from_grads(grads, &st.model));
             pairs.push((x, x_hat));
