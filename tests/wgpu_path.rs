@@ -21,7 +21,9 @@ fn wgpu_device() -> Option<Device> {
         Ok(d) => Some(d),
         Err(_) if required => panic!("SEQGAN_TEST_WGPU=1 but wgpu found no adapter"),
         Err(_) => {
-            eprintln!("no wgpu adapter: wgpu path not checked here (set SEQGAN_TEST_WGPU=1 to require it)");
+            eprintln!(
+                "no wgpu adapter: wgpu path not checked here (set SEQGAN_TEST_WGPU=1 to require it)"
+            );
             None
         }
     }
@@ -38,18 +40,40 @@ fn wgpu_matches_cpu_on_tokenizer_and_perceptual_loss() {
     cpu.seed(3);
     let model_cpu = VqModel::new(&cfg.model, &cpu);
     let model_gpu = burn::module::Module::to_device(model_cpu.clone(), &gpu);
-    let x: Vec<f32> = pattern(3, 32, 32).into_iter().cycle().take(2 * 3 * 32 * 32).collect();
+    let x: Vec<f32> = pattern(3, 32, 32)
+        .into_iter()
+        .cycle()
+        .take(2 * 3 * 32 * 32)
+        .collect();
     let xc = Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 3, 32, 32]), &cpu);
     let xg = Tensor::<4>::from_data(TensorData::new(x, [2, 3, 32, 32]), &gpu);
     let (rc, qc) = model_cpu.forward(xc.clone(), 1.0);
     let (rg, qg) = model_gpu.forward(xg.clone(), 1.0);
     let (vc, vg) = (values(rc.clone()), values(rg.clone()));
-    let err = vc.iter().zip(&vg).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let err = vc
+        .iter()
+        .zip(&vg)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(err < 1e-3, "reconstruction differs by {err}");
-    let ic: Vec<i64> = qc.indices.into_data().convert::<i64>().try_to_vec().unwrap();
-    let ig: Vec<i64> = qg.indices.into_data().convert::<i64>().try_to_vec().unwrap();
+    let ic: Vec<i64> = qc
+        .indices
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec()
+        .unwrap();
+    let ig: Vec<i64> = qg
+        .indices
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec()
+        .unwrap();
     let same = ic.iter().zip(&ig).filter(|(a, b)| a == b).count();
-    assert!(same as f64 >= 0.95 * ic.len() as f64, "codes agree at {same}/{}", ic.len());
+    assert!(
+        same as f64 >= 0.95 * ic.len() as f64,
+        "codes agree at {same}/{}",
+        ic.len()
+    );
     let pc = PerceptualLoss::new(&cfg.perceptual, &cpu).unwrap();
     let pg = PerceptualLoss::new(&cfg.perceptual, &gpu).unwrap();
     let lc = pc.forward(rc, xc).total.into_scalar::<f32>() as f64;

@@ -38,11 +38,19 @@ impl ModuleMapper for Blend {
 /// One EMA update of `ema` towards `model`. Panics if the two do not share parameter ids
 /// (the EMA copy must come from [`init`]).
 pub fn update<M: Module>(ema: M, model: &M, decay: f64) -> M {
-    let mut collect = Collect { values: HashMap::new() };
+    let mut collect = Collect {
+        values: HashMap::new(),
+    };
     model.visit(&mut collect);
-    let mut blend = Blend { values: collect.values, decay };
+    let mut blend = Blend {
+        values: collect.values,
+        decay,
+    };
     let ema = ema.map(&mut blend);
-    assert!(blend.values.is_empty(), "EMA copy does not match the model's parameters");
+    assert!(
+        blend.values.is_empty(),
+        "EMA copy does not match the model's parameters"
+    );
     ema
 }
 
@@ -63,7 +71,10 @@ mod tests {
         let model: Linear = LinearConfig::new(3, 2).init(&device);
         let ema = init(&model);
         let w0: Vec<f32> = ema.weight.val().into_data().try_to_vec().unwrap();
-        let shifted = Linear { weight: model.weight.clone().map(|t| t + 2.0), ..model.clone() };
+        let shifted = Linear {
+            weight: model.weight.clone().map(|t| t + 2.0),
+            ..model.clone()
+        };
         let ema = update(ema, &shifted, 0.75);
         let w1: Vec<f32> = ema.weight.val().into_data().try_to_vec().unwrap();
         for (a, b) in w0.iter().zip(&w1) {

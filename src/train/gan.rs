@@ -280,8 +280,7 @@ impl<'a> GanLoop<'a> {
             st.state.batches_drawn += 1;
             st.state.images_seen += batch.len() as u64;
             let x = batch_tensor(&batch, &self.device);
-            let (terms, x_hat, idx) =
-                self.generator_terms(&st.model, disc_for_g, x.clone());
+            let (terms, x_hat, idx) = self.generator_terms(&st.model, disc_for_g, x.clone());
             let grads = (terms.loss.clone() / accum as f64).backward();
             acc_g.accumulate(&st.model, GradientsParams::from_grads(grads, &st.model));
             pairs.push((x, x_hat));
