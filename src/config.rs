@@ -406,7 +406,8 @@ impl TokenizerRunConfig {
             m.codebook_size
         );
         ensure!(
-            m.resolution >= m.downsample_factor() && m.resolution % m.downsample_factor() == 0,
+            m.resolution >= m.downsample_factor()
+                && m.resolution.is_multiple_of(m.downsample_factor()),
             "model.resolution {} must be a positive multiple of the downsampling factor {}",
             m.resolution,
             m.downsample_factor()

@@ -65,8 +65,12 @@ fn describe(choice: DeviceChoice, device: &Device) -> String {
     match choice {
         DeviceChoice::Cpu => "cpu (burn flex, pure Rust)".into(),
         _ => match device.identity() {
-            Some(id) => format!("{choice:?} ({id:?})").to_lowercase(),
-            None => format!("{choice:?} ({device:?})").to_lowercase(),
+            Some(id) => format!(
+                "{} (adapter: {})",
+                format!("{choice:?}").to_lowercase(),
+                id.name
+            ),
+            None => format!("{} ({device:?})", format!("{choice:?}").to_lowercase()),
         },
     }
 }

@@ -31,7 +31,6 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::TrainTokenizer(a) => {
-            let start_cfg;
             let start = match &a.resume {
                 Some(run) => tokenizer::Start::Resume { run, sets: &a.sets },
                 None => {
@@ -39,9 +38,8 @@ fn run() -> Result<()> {
                     if let Some(d) = &a.data {
                         cfg.data.path = d.clone();
                     }
-                    start_cfg = cfg;
                     tokenizer::Start::New {
-                        config: start_cfg.clone(),
+                        config: Box::new(cfg),
                         out: &a.out,
                     }
                 }

@@ -27,89 +27,60 @@ fn run_err(args: &[&str]) -> String {
 fn bad_input_gives_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
+    let missing = tmp.path().join("missing");
+    let weights = weights_set();
+    // (extra arguments after `train-tokenizer --device cpu`, substrings the error must contain)
     let o = out.to_str().unwrap();
-    let err = run_err(&[
-        "train-tokenizer",
-        "--device",
-        "cpu",
-        "--out",
-        o,
-        "--set",
-        "train.lrr=1",
-    ]);
-    assert!(
-        err.contains("unknown key `lrr`") && err.contains("valid here"),
-        "{err}"
-    );
-    let err = run_err(&[
-        "train-tokenizer",
-        "--device",
-        "cpu",
-        "--out",
-        o,
-        "--set",
-        "perceptual.alpha=2",
-    ]);
-    assert!(err.contains("perceptual.alpha"), "{err}");
-    let err = run_err(&[
-        "train-tokenizer",
-        "--device",
-        "cpu",
-        "--out",
-        o,
-        "--config",
-        "nope.json",
-    ]);
-    assert!(
-        err.contains("nope.json") && err.contains("presets"),
-        "{err}"
-    );
-    let err = run_err(&[
-        "train-tokenizer",
-        "--device",
-        "cpu",
-        "--out",
-        o,
-        "--data",
-        "/no/such/dir",
-    ]);
-    assert!(
-        err.contains("/no/such/dir") && err.contains("does not exist"),
-        "{err}"
-    );
-    let err = run_err(&[
-        "train-tokenizer",
-        "--device",
-        "cpu",
-        "--resume",
-        tmp.path().join("missing").to_str().unwrap(),
-    ]);
-    assert!(err.contains("does not exist"), "{err}");
-    let err = run_err(&[
-        "train-tokenizer",
-        "--device",
-        "cpu",
-        "--out",
-        o,
-        "--set",
-        "perceptual.weights=/no/vgg.safetensors",
-    ]);
-    assert!(err.contains("fetch-vgg16.sh"), "{err}");
-    let err = run_err(&[
-        "train-tokenizer",
-        "--device",
-        "cpu",
-        "--out",
-        o,
-        "--set",
-        &weights_set(),
-        "--set",
-        "perceptual.logits=require",
-    ]);
-    assert!(
-        err.contains("classifier") && err.contains("relu5-only"),
-        "{err}"
-    );
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["--out", o, "--set", "train.lrr=1"],
+            vec!["unknown key `lrr`", "valid here"],
+        ),
+        (
+            vec!["--out", o, "--set", "perceptual.alpha=2"],
+            vec!["perceptual.alpha"],
+        ),
+        (
+            vec!["--out", o, "--config", "nope.json"],
+            vec!["nope.json", "presets"],
+        ),
+        (
+            vec!["--out", o, "--data", "/no/such/dir"],
+            vec!["/no/such/dir", "does not exist"],
+        ),
+        (
+            vec!["--resume", missing.to_str().unwrap()],
+            vec!["does not exist"],
+        ),
+        (
+            vec![
+                "--out",
+                o,
+                "--set",
+                "perceptual.weights=/no/vgg.safetensors",
+            ],
+            vec!["fetch-vgg16.sh"],
+        ),
+        (
+            vec![
+                "--out",
+                o,
+                "--set",
+                &weights,
+                "--set",
+                "perceptual.logits=require",
+            ],
+            vec!["classifier", "relu5-only"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let mut args = vec!["train-tokenizer", "--device", "cpu"];
+        args.extend(extra.iter().copied());
+        let err = run_err(&args);
+        for needle in needles {
+            assert!(err.contains(needle), "{args:?}: `{needle}` not in: {err}");
+        }
+    }
 }
 
 #[test]

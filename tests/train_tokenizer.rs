@@ -78,7 +78,7 @@ fn learns_keeps_usage_and_resumes_bit_exactly() {
     let a_dir = tmp.path().join("a");
     let a = train_tokenizer(
         Start::New {
-            config: cfg.clone(),
+            config: Box::new(cfg.clone()),
             out: &a_dir,
         },
         &device,
@@ -127,7 +127,7 @@ fn learns_keeps_usage_and_resumes_bit_exactly() {
     };
     let b1 = train_tokenizer(
         Start::New {
-            config: half,
+            config: Box::new(half),
             out: &b_dir,
         },
         &device,

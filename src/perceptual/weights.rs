@@ -36,12 +36,12 @@ impl WeightFile {
         let packs = match ext.as_str() {
             "safetensors" => SafetensorsStore::from_file(path)
                 .get_all_tensors()
-                .map(|m| m.clone())
+                .cloned()
                 .map_err(|e| anyhow::anyhow!("{e}")),
             "pth" | "pt" | "bin" => PytorchStore::from_file(path)
                 .map_indices_contiguous(false)
                 .get_all_tensors()
-                .map(|m| m.clone())
+                .cloned()
                 .map_err(|e| anyhow::anyhow!("{e}")),
             _ => bail!(
                 "{}: unknown weights format (expected .pth or .safetensors)",

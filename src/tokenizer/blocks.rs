@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor};
 pub fn group_norm(channels: usize, max_groups: usize, eps: f64, device: &Device) -> GroupNorm {
     let groups = (1..=max_groups.min(channels))
         .rev()
-        .find(|g| channels % g == 0)
+        .find(|g| channels.is_multiple_of(*g))
         .unwrap_or(1);
     GroupNormConfig::new(groups, channels)
         .with_epsilon(eps)

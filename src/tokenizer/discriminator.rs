@@ -52,7 +52,7 @@ impl Discriminator {
         let mut ch = c.base_channels.min(c.max_channels);
         let mut res = resolution;
         let mut blocks = Vec::new();
-        while res > c.min_resolution && res % 2 == 0 {
+        while res > c.min_resolution && res.is_multiple_of(2) {
             let cout = (ch * 2).min(c.max_channels);
             blocks.push(DiscBlock::new(ch, cout, device));
             ch = cout;

@@ -53,6 +53,11 @@ pub(crate) struct Terms {
     pub(crate) g_adv: Option<Tensor<1>>,
 }
 
+/// Discriminator loss and R1 value of a step's last micro-batch.
+type DiscTerms = (Tensor<1>, Option<Tensor<1>>);
+/// Generator terms, discriminator terms (when the GAN is on), code indices per micro-batch.
+pub(crate) type StepOut = (Terms, Option<DiscTerms>, Vec<Tensor<1, Int>>);
+
 /// The fixed pieces of a phase.
 pub struct GanLoop<'a> {
     pub cfg: &'a TokenizerRunConfig,
@@ -255,15 +260,7 @@ impl<'a> GanLoop<'a> {
 
     /// One optimiser step over `grad_accum` micro-batches. Returns the last micro-batch's
     /// terms and the code indices seen.
-    pub(crate) fn step(
-        &self,
-        st: &mut GanState,
-        loader: &mut Loader,
-    ) -> Result<(
-        Terms,
-        Option<(Tensor<1>, Option<Tensor<1>>)>,
-        Vec<Tensor<1, Int>>,
-    )> {
+    pub(crate) fn step(&self, st: &mut GanState, loader: &mut Loader) -> Result<StepOut> {
         let t = &self.cfg.train;
         let step = st.state.step;
         let gan = self.gan_on(step);
@@ -295,7 +292,7 @@ impl<'a> GanLoop<'a> {
         let mut d_out = None;
         if gan {
             let d_step = step - self.cfg.loss.disc_start;
-            let r1_now = d_step % self.cfg.loss.r1_interval == 0;
+            let r1_now = d_step.is_multiple_of(self.cfg.loss.r1_interval);
             let mut acc_d = GradientsAccumulator::new();
             for (i, (x, x_hat)) in pairs.into_iter().enumerate() {
                 let key = (step * accum + i) as u64;
@@ -355,7 +352,7 @@ impl<'a> GanLoop<'a> {
             window_images += (t.batch_size * t.grad_accum) as u64;
             let step = st.state.step;
             progress.set(step);
-            if step % t.log_every == 0 || step == end {
+            if step.is_multiple_of(t.log_every) || step == end {
                 let hist: Vec<f32> = counts.clone().into_data().try_to_vec().expect("f32 counts");
                 counts = Tensor::zeros([k], &inner);
                 let total: f32 = hist.iter().sum();
@@ -417,11 +414,11 @@ impl<'a> GanLoop<'a> {
                 window_images = 0;
             }
             let _ = t0;
-            if t.sample_every > 0 && (step % t.sample_every == 0 || step == end) {
+            if t.sample_every > 0 && (step.is_multiple_of(t.sample_every) || step == end) {
                 self.write_samples(run, &st, preview, step)?;
             }
             interrupted = stop.load(Ordering::SeqCst);
-            if step % t.checkpoint_every == 0 || step == end || interrupted {
+            if step.is_multiple_of(t.checkpoint_every) || step == end || interrupted {
                 run.save(step, &Self::state_files(&st)?, &st.state, t.keep_last)?;
             }
             if interrupted {

@@ -16,7 +16,7 @@ use crate::perceptual::PerceptualLoss;
 pub enum Start<'a> {
     /// A new run into this folder.
     New {
-        config: TokenizerRunConfig,
+        config: Box<TokenizerRunConfig>,
         out: &'a Path,
     },
     /// Continue the run in this folder, with `--set` overrides (e.g. more steps).
@@ -35,7 +35,7 @@ pub fn resolve_config(start: &Start) -> Result<(TokenizerRunConfig, PathBuf, boo
                     out.display()
                 );
             }
-            (config.clone(), out.to_path_buf(), false)
+            ((**config).clone(), out.to_path_buf(), false)
         }
         Start::Resume { run, sets } => {
             let dir = RunDir::open(run, RunKind::Tokenizer)?;
