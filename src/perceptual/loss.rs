@@ -135,9 +135,8 @@ impl PerceptualLoss {
                 f / norm
             };
             let d = (unit(fa.clone()) - unit(fb.clone())).powi_scalar(2); // [N, C, H, W]
-            let [n, c, h, w] = d.dims();
+            let [n, _, h, w] = d.dims();
             let weighted = (d * head.clone()).sum_dim(1).reshape([n, h * w]); // 1x1 conv, no bias
-            let _ = c;
             let per_image = weighted.mean_dim(1).reshape([n]);
             total = Some(match total {
                 Some(t) => t + per_image,

@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use burn::tensor::{Device, Distribution, Tensor};
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use super::gan::GanLoop;
@@ -62,8 +61,6 @@ pub fn bench_tokenizer(
         t.num_workers,
         t.prefetch,
     )?;
-    let stop = AtomicBool::new(false);
-    let _ = &stop;
     for _ in 0..warmup {
         let (terms, _, _) = lp.step(&mut st, &mut loader)?;
         let _ = terms.loss.into_scalar::<f32>();

@@ -308,7 +308,7 @@ impl<'a> GanLoop<'a> {
         Ok((last.expect("grad_accum >= 1"), d_out, indices))
     }
 
-    /// Trains until `train.steps` (or `stop_at`), saving into `run`. Returns the final state.
+    /// Trains until `train.steps` (or Ctrl-C via `stop`), saving into `run`. Returns the final state.
     pub fn train(
         &self,
         run: &RunDir,
@@ -316,10 +316,9 @@ impl<'a> GanLoop<'a> {
         dataset: Dataset,
         preview: &Tensor<4>,
         stop: &AtomicBool,
-        stop_at: Option<usize>,
     ) -> Result<GanState> {
         let t = &self.cfg.train;
-        let end = stop_at.unwrap_or(t.steps).min(t.steps);
+        let end = t.steps;
         let start = st.state.step;
         let mut loader = Loader::new(
             dataset.clone(),
@@ -342,7 +341,6 @@ impl<'a> GanLoop<'a> {
         let mut window_images = 0u64;
         let mut interrupted = false;
         while st.state.step < end {
-            let t0 = Instant::now();
             let (terms, d_out, indices) = self.step(&mut st, &mut loader)?;
             for idx in indices {
                 let n = idx.dims()[0];
@@ -413,7 +411,6 @@ impl<'a> GanLoop<'a> {
                 window_start = Instant::now();
                 window_images = 0;
             }
-            let _ = t0;
             if t.sample_every > 0 && (step.is_multiple_of(t.sample_every) || step == end) {
                 self.write_samples(run, &st, preview, step)?;
             }

@@ -109,7 +109,7 @@ pub fn train_tokenizer(start: Start, device: &Device, stop: &AtomicBool) -> Resu
         8,
         &ad,
     )?;
-    let st = lp.train(&run, st, dataset, &preview, stop, None)?;
+    let st = lp.train(&run, st, dataset, &preview, stop)?;
     eprintln!("done: {} at step {}", out.display(), st.state.step);
     Ok(st)
 }
