@@ -45,10 +45,10 @@ fn run() -> Result<()> {
                 }
             };
             // Fail on config/data problems before opening a device.
-            tokenizer::resolve_config(&start)?;
+            let resolved = tokenizer::resolve_config(&start)?;
             let device = seqgan::device::open(a.device)?;
             install_ctrlc();
-            tokenizer::train_tokenizer(start, &device, &STOP)?;
+            tokenizer::train_resolved(resolved, &device, &STOP)?;
         }
         Command::Bench(a) => {
             let cfg: TokenizerRunConfig = config::resolve(Some(&a.config), &a.sets)?;

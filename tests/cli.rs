@@ -102,6 +102,10 @@ fn short_run_writes_a_self_describing_folder_and_ctrl_c_saves() {
             "--set",
             "train.steps=4",
             "--set",
+            "train.grad_accum=2",
+            "--set",
+            "train.ema_decay=0.9",
+            "--set",
             "train.log_every=2",
             "--set",
             "train.sample_every=2",
@@ -121,6 +125,14 @@ fn short_run_writes_a_self_describing_folder_and_ctrl_c_saves() {
     assert_eq!(cfg["perceptual"]["logits"], "relu5-only");
     assert_eq!(cfg["class_names"].as_array().unwrap().len(), 10);
     assert!(out.join("samples/step-0000004.png").exists());
+    // Gradient accumulation draws two micro-batches per step; the EMA is checkpointed.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoints/step-0000004/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["batches_drawn"], 8);
+    assert_eq!(state["images_seen"], 64);
+    assert!(out.join("checkpoints/step-0000004/ema.bpk").exists());
     // A second run into the same folder is refused.
     let err = run_err(&[
         "train-tokenizer",

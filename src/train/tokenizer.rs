@@ -23,8 +23,16 @@ pub enum Start<'a> {
     Resume { run: &'a Path, sets: &'a [String] },
 }
 
-/// Resolves the config of a start (validates it, fills in class names).
-pub fn resolve_config(start: &Start) -> Result<(TokenizerRunConfig, PathBuf, bool)> {
+/// A start whose config is validated and whose data is opened (scanned once).
+pub struct Resolved {
+    pub cfg: TokenizerRunConfig,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub dataset: Dataset,
+}
+
+/// Resolves the config of a start (validates it, opens the data, fills in class names).
+pub fn resolve_config(start: &Start) -> Result<Resolved> {
     let (mut cfg, out, resume) = match start {
         Start::New { config, out } => {
             let run = RunDir::create(out)?;
@@ -58,13 +66,27 @@ pub fn resolve_config(start: &Start) -> Result<(TokenizerRunConfig, PathBuf, boo
         );
     }
     cfg.class_names = names;
-    Ok((cfg, out, resume))
+    Ok(Resolved {
+        cfg,
+        out,
+        resume,
+        dataset,
+    })
 }
 
 /// Runs phase 1 on `device` (a plain device; autodiff is added here). Returns the final state.
 pub fn train_tokenizer(start: Start, device: &Device, stop: &AtomicBool) -> Result<GanState> {
-    let (cfg, out, resume) = resolve_config(&start)?;
-    let dataset = Dataset::open(&cfg.data.path, cfg.data.builtin_len)?;
+    train_resolved(resolve_config(&start)?, device, stop)
+}
+
+/// Runs phase 1 from an already resolved start.
+pub fn train_resolved(resolved: Resolved, device: &Device, stop: &AtomicBool) -> Result<GanState> {
+    let Resolved {
+        cfg,
+        out,
+        resume,
+        dataset,
+    } = resolved;
     eprintln!("data: {}", dataset.describe());
     let ad = device.clone().autodiff();
     let perceptual = PerceptualLoss::new(&cfg.perceptual, &ad)?;
