@@ -64,13 +64,12 @@ fn open_cuda() -> Result<Device> {
 fn describe(choice: DeviceChoice, device: &Device) -> String {
     match choice {
         DeviceChoice::Cpu => "cpu (burn flex, pure Rust)".into(),
-        _ => match device.identity() {
-            Some(id) => format!(
-                "{} (adapter: {})",
-                format!("{choice:?}").to_lowercase(),
-                id.name
-            ),
-            None => format!("{} ({device:?})", format!("{choice:?}").to_lowercase()),
-        },
+        _ => {
+            let name = format!("{choice:?}").to_lowercase();
+            match device.identity() {
+                Some(id) => format!("{name} (adapter: {})", id.name),
+                None => format!("{name} ({device:?})"),
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::gan::GanLoop;
 use crate::config::{LogitMode, PerceptualConfig, TokenizerRunConfig};
 use crate::data::{Dataset, Loader, Order};
-use crate::perceptual::PerceptualLoss;
+use crate::perceptual::{PerceptualLoss, Vgg16, WeightFile};
 
 /// Peak resident memory of this process in MiB (Linux), if known.
 pub fn peak_rss_mib() -> Option<f64> {
@@ -89,17 +89,23 @@ pub fn bench_perceptual(
     steps: usize,
 ) -> Result<()> {
     let ad = device.clone().autodiff();
+    // Read the file once; L_sem includes the logits when the weights have a classifier.
+    let file = WeightFile::open(weights)?;
+    let source = weights.display().to_string();
     for (name, alpha) in [("L_sem", 1.0), ("L_low", 0.0)] {
-        let mut cfg = PerceptualConfig {
+        let vgg = Vgg16::load(&file, &ad)?;
+        let logits = if vgg.has_classifier() {
+            LogitMode::Require
+        } else {
+            LogitMode::Relu5Only
+        };
+        let cfg = PerceptualConfig {
             weights: weights.to_path_buf(),
             alpha,
+            logits,
             ..Default::default()
         };
-        let probe = PerceptualLoss::new(&cfg, &ad);
-        if probe.is_err() {
-            cfg.logits = LogitMode::Relu5Only;
-        }
-        let loss = PerceptualLoss::new(&cfg, &ad)?;
+        let loss = PerceptualLoss::from_vgg(vgg, &cfg, &source, &ad)?;
         let x = Tensor::<4>::random([batch, 3, res, res], Distribution::Uniform(-1.0, 1.0), &ad);
         let run = |n: usize| {
             for _ in 0..n {

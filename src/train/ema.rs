@@ -54,9 +54,11 @@ pub fn update<M: Module>(ema: M, model: &M, decay: f64) -> M {
     ema
 }
 
-/// A detached, materialised copy of `model` to start an EMA from (same parameter ids).
+/// A detached, materialised copy of `model` to start an EMA from (same parameter ids). Its
+/// tensors are detached by the blend; it is deliberately not `no_grad()`-ed, since flags set on a
+/// clone of a lazily-initialised module can reach the original.
 pub fn init<M: Module>(model: &M) -> M {
-    update(model.clone(), model, 0.0).no_grad()
+    update(model.clone(), model, 0.0)
 }
 
 #[cfg(test)]
