@@ -17,8 +17,64 @@ pub struct Cli {
 pub enum Command {
     /// Phase 1: train the VQ tokenizer (L1 + VQ + usage entropy + semantic perceptual loss + GAN).
     TrainTokenizer(TrainTokenizerArgs),
+    /// Phase 2: freeze the phase-1 encoder and codebook, finetune an attention-enhanced decoder
+    /// (L1 + low-level perceptual loss + GAN).
+    FinetuneDecoder(FinetuneDecoderArgs),
+    /// Encode and decode images with a tokenizer run; write input|reconstruction PNGs and PSNR.
+    Reconstruct(ReconstructArgs),
     /// Time training steps of a stage on a device and print img/s and peak memory.
     Bench(BenchArgs),
+}
+
+/// Arguments of `finetune-decoder`.
+#[derive(Args, Debug)]
+pub struct FinetuneDecoderArgs {
+    /// Phase-1 run folder (from `train-tokenizer`) whose encoder and codebook are frozen.
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    pub tokenizer: Option<PathBuf>,
+    /// Phase-2 settings applied on top of the phase-1 config: a preset (phase2, phase2-tiny)
+    /// or a JSON file naming only the keys to change.
+    #[arg(long, default_value = "phase2")]
+    pub config: String,
+    /// Override a config value, e.g. `--set train.steps=1000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Training images (default: the phase-1 run's data).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Run folder to create.
+    #[arg(long, default_value = "runs/decoder", conflicts_with = "resume")]
+    pub out: PathBuf,
+    /// Continue the phase-2 run in this folder exactly where its last checkpoint left off.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
+}
+
+/// Arguments of `reconstruct`.
+#[derive(Args, Debug)]
+pub struct ReconstructArgs {
+    /// Tokenizer run folder: phase 1 (`train-tokenizer`) or phase 2 (`finetune-decoder`).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Images: an ImageFolder or flat folder (default: the held-out split of a run trained
+    /// on builtin:shapes).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Output folder for NNNNN-name.png (input | reconstruction) and psnr.csv.
+    #[arg(long, default_value = "reconstructions")]
+    pub out: PathBuf,
+    /// Images per device batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Reconstruct at most this many images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
 }
 
 /// Arguments of `train-tokenizer`.
@@ -49,6 +105,8 @@ pub struct TrainTokenizerArgs {
 pub enum BenchStage {
     /// A full phase-1 training step (generator + discriminator, GAN and R1 on).
     Tokenizer,
+    /// A full phase-2 training step (`--config` preset with the `phase2` patch applied).
+    Decoder,
     /// Forward + backward of the perceptual losses `L_sem` and `L_low` alone.
     Perceptual,
 }

@@ -42,6 +42,50 @@ pub struct TokenizerModelConfig {
     pub norm_groups: usize,
     /// GroupNorm epsilon.
     pub norm_eps: f64,
+    /// Regional/dilated attention in the decoder (phase 2; off in phase 1).
+    pub attention: DecoderAttentionConfig,
+}
+
+/// HiT-style attention blocks of the phase-2 decoder (method.md, "Phase 2").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecoderAttentionConfig {
+    /// Add the blocks (phase 2 turns this on; phase 1 is convolution-only).
+    pub enabled: bool,
+    /// (regional, dilated) block pairs after each decoder level's ResBlocks.
+    pub pairs_per_level: usize,
+    /// Window side b on maps larger than `small_map`.
+    pub window: usize,
+    /// Window side on maps of side <= `small_map`.
+    pub small_window: usize,
+    /// See `small_window`.
+    pub small_map: usize,
+    /// Channels per attention head (heads = channels / head_dim, at least 1).
+    pub head_dim: usize,
+}
+
+impl Default for DecoderAttentionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            pairs_per_level: 1,
+            window: 8,
+            small_window: 4,
+            small_map: 16,
+            head_dim: 64,
+        }
+    }
+}
+
+impl DecoderAttentionConfig {
+    /// Configured window side for a level whose map side is `map`.
+    pub fn window_for(&self, map: usize) -> usize {
+        if map <= self.small_map {
+            self.small_window
+        } else {
+            self.window
+        }
+    }
 }
 
 impl Default for TokenizerModelConfig {
@@ -55,6 +99,7 @@ impl Default for TokenizerModelConfig {
             codebook_size: 1024,
             norm_groups: 32,
             norm_eps: 1e-6,
+            attention: DecoderAttentionConfig::default(),
         }
     }
 }
@@ -269,7 +314,22 @@ impl Default for DataConfig {
     }
 }
 
-/// Everything a tokenizer (phase 1) run needs; saved as the run folder's `config.json`.
+/// Where a phase-2 run comes from (empty in phase 1).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// The phase-1 run folder whose encoder and codebook are frozen and whose decoder is finetuned.
+    pub tokenizer: Option<PathBuf>,
+    /// Step of the phase-1 checkpoint used.
+    pub tokenizer_step: usize,
+    /// Which phase-1 weights were used: `ema` or `model`.
+    pub tokenizer_weights: String,
+    /// Start the discriminator from scratch instead of from phase 1's.
+    pub reinit_disc: bool,
+}
+
+/// Everything a tokenizer run (phase 1, or phase 2 with `kind = decoder`) needs; saved as the
+/// run folder's `config.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenizerRunConfig {
@@ -289,6 +349,8 @@ pub struct TokenizerRunConfig {
     pub data: DataConfig,
     /// Class names (folder names), filled in from the data at start-up.
     pub class_names: Vec<String>,
+    /// Phase 2 only: the phase-1 run it starts from.
+    pub finetune: FinetuneConfig,
 }
 
 impl Default for TokenizerRunConfig {
@@ -302,6 +364,7 @@ impl Default for TokenizerRunConfig {
             train: TrainConfig::default(),
             data: DataConfig::default(),
             class_names: Vec::new(),
+            finetune: FinetuneConfig::default(),
         }
     }
 }
@@ -313,14 +376,26 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("paper256", include_str!("../configs/paper256.json")),
 ];
 
+/// Built-in phase-2 patches for `finetune-decoder --config NAME`: applied on top of the phase-1
+/// run's config (only the keys they name change).
+pub const PHASE2_PRESETS: &[(&str, &str)] = &[
+    ("phase2", include_str!("../configs/phase2.json")),
+    ("phase2-tiny", include_str!("../configs/phase2-tiny.json")),
+];
+
 /// Reads a preset name or a JSON file into a JSON value.
 pub fn load_json(spec: &str) -> Result<Value> {
-    if let Some((_, text)) = PRESETS.iter().find(|(name, _)| *name == spec) {
+    load_json_from(spec, PRESETS)
+}
+
+/// Reads a preset name from `presets` or a JSON file into a JSON value.
+pub fn load_json_from(spec: &str, presets: &[(&str, &str)]) -> Result<Value> {
+    if let Some((_, text)) = presets.iter().find(|(name, _)| *name == spec) {
         return serde_json::from_str(text).with_context(|| format!("built-in preset `{spec}`"));
     }
     let path = Path::new(spec);
     if !path.exists() {
-        let names: Vec<_> = PRESETS.iter().map(|(n, _)| *n).collect();
+        let names: Vec<_> = presets.iter().map(|(n, _)| *n).collect();
         bail!(
             "--config {spec}: no such file, and not a preset (presets: {})",
             names.join(", ")
@@ -371,6 +446,29 @@ pub fn apply_overrides(mut root: Value, sets: &[String], defaults: &Value) -> Re
     Ok(root)
 }
 
+/// The leaves of a JSON object as `key.path=value` overrides (so a patch file gets the same
+/// unknown-key checks as `--set`).
+pub fn patch_to_sets(patch: &Value) -> Vec<String> {
+    fn walk(v: &Value, prefix: &str, out: &mut Vec<String>) {
+        match v.as_object() {
+            Some(obj) if !obj.is_empty() => {
+                for (k, child) in obj {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(child, &key, out);
+                }
+            }
+            _ => out.push(format!("{prefix}={v}")),
+        }
+    }
+    let mut out = Vec::new();
+    walk(patch, "", &mut out);
+    out
+}
+
 /// Parses a config value and checks it, naming the source in errors.
 pub fn resolve<T>(base: Option<&str>, sets: &[String]) -> Result<T>
 where
@@ -414,6 +512,11 @@ impl TokenizerRunConfig {
         );
         ensure!(m.norm_groups > 0, "model.norm_groups must be > 0");
         ensure!(m.norm_eps > 0.0, "model.norm_eps must be > 0");
+        let a = &m.attention;
+        ensure!(
+            a.pairs_per_level > 0 && a.window > 0 && a.small_window > 0 && a.head_dim > 0,
+            "model.attention.pairs_per_level, window, small_window and head_dim must be > 0"
+        );
         let l = &self.loss;
         for (name, v) in [
             ("loss.l1", l.l1),

@@ -6,5 +6,6 @@ pub mod data;
 pub mod device;
 pub mod image_io;
 pub mod perceptual;
+pub mod reconstruct;
 pub mod tokenizer;
 pub mod train;

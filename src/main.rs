@@ -1,12 +1,14 @@
 //! `seqgan` command-line entry: parse, pick the device, dispatch.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Parser;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use seqgan::cli::{BenchStage, Cli, Command};
-use seqgan::config::{self, TokenizerRunConfig};
-use seqgan::train::{bench, tokenizer};
+use seqgan::config::{self, RunKind, TokenizerRunConfig};
+use seqgan::reconstruct;
+use seqgan::tokenizer::TrainedTokenizer;
+use seqgan::train::{bench, decoder, tokenizer};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -32,7 +34,11 @@ fn run() -> Result<()> {
     match cli.command {
         Command::TrainTokenizer(a) => {
             let start = match &a.resume {
-                Some(run) => tokenizer::Start::Resume { run, sets: &a.sets },
+                Some(run) => tokenizer::Start::Resume {
+                    run,
+                    sets: &a.sets,
+                    kind: RunKind::Tokenizer,
+                },
                 None => {
                     let mut cfg: TokenizerRunConfig = config::resolve(Some(&a.config), &a.sets)?;
                     if let Some(d) = &a.data {
@@ -50,11 +56,59 @@ fn run() -> Result<()> {
             install_ctrlc();
             tokenizer::train_resolved(resolved, &device, &STOP)?;
         }
+        Command::FinetuneDecoder(a) => {
+            let start = match (&a.resume, &a.tokenizer) {
+                (Some(run), _) => tokenizer::Start::Resume {
+                    run,
+                    sets: &a.sets,
+                    kind: RunKind::Decoder,
+                },
+                (None, Some(phase1)) => tokenizer::Start::New {
+                    config: Box::new(decoder::phase2_config(
+                        phase1,
+                        &a.config,
+                        &a.sets,
+                        a.data.as_deref(),
+                    )?),
+                    out: &a.out,
+                },
+                (None, None) => bail!("--tokenizer RUN (a phase-1 run folder) is required"),
+            };
+            let resolved = tokenizer::resolve_config(&start)?;
+            let device = seqgan::device::open(a.device)?;
+            install_ctrlc();
+            tokenizer::train_resolved(resolved, &device, &STOP)?;
+        }
+        Command::Reconstruct(a) => {
+            let device = seqgan::device::open(a.device)?;
+            let tok = TrainedTokenizer::load(&a.tokenizer, &device)?;
+            eprintln!("tokenizer: {}", tok.describe());
+            let data = match &a.data {
+                Some(d) => d.clone(),
+                None if tok.cfg.data.path == "builtin:shapes" => "builtin:shapes:val".into(),
+                None => bail!(
+                    "--data DIR is required (the run was trained on {}; pass held-out images)",
+                    tok.cfg.data.path
+                ),
+            };
+            let report = reconstruct::reconstruct(&tok, &data, &a.out, a.batch, a.limit, &device)?;
+            println!(
+                "mean PSNR {:.2} dB over {} images ({} -> {})",
+                report.mean_psnr(),
+                report.per_image.len(),
+                data,
+                a.out.display()
+            );
+        }
         Command::Bench(a) => {
             let cfg: TokenizerRunConfig = config::resolve(Some(&a.config), &a.sets)?;
             let device = seqgan::device::open(a.device)?;
             match a.stage {
                 BenchStage::Tokenizer => {
+                    bench::bench_tokenizer(cfg, &device, a.steps, a.warmup)?;
+                }
+                BenchStage::Decoder => {
+                    let cfg = decoder::as_phase2(&cfg, "phase2", &[])?;
                     bench::bench_tokenizer(cfg, &device, a.steps, a.warmup)?;
                 }
                 BenchStage::Perceptual => {

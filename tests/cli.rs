@@ -195,3 +195,107 @@ fn short_run_writes_a_self_describing_folder_and_ctrl_c_saves() {
         serde_json::from_str(&std::fs::read_to_string(out2.join("latest.json")).unwrap()).unwrap();
     assert!(latest["step"].as_u64().unwrap() >= 2, "{latest}");
 }
+
+#[test]
+fn finetune_decoder_and_reconstruct_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p1 = tmp.path().join("p1");
+    let p2 = tmp.path().join("p2");
+    let rec = tmp.path().join("rec");
+    let (p1s, p2s) = (p1.to_str().unwrap(), p2.to_str().unwrap());
+    let ok = |args: &[&str]| {
+        let out = seqgan().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let w = weights_set();
+    let short = ["--set", "train.steps=2", "--set", "train.log_every=1"];
+    let mut args = vec![
+        "train-tokenizer",
+        "--device",
+        "cpu",
+        "--out",
+        p1s,
+        "--set",
+        &w,
+    ];
+    args.extend(short);
+    ok(&args);
+    let mut args = vec![
+        "finetune-decoder",
+        "--device",
+        "cpu",
+        "--tokenizer",
+        p1s,
+        "--out",
+        p2s,
+        "--config",
+        "phase2-tiny",
+        "--set",
+        &w,
+    ];
+    args.extend(short);
+    let (_, stderr) = ok(&args);
+    assert!(
+        stderr.contains("decoder attention") && stderr.contains("phase 1: "),
+        "{stderr}"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p2.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["kind"], "decoder");
+    assert_eq!(cfg["finetune"]["tokenizer_step"], 2);
+    assert_eq!(cfg["model"]["attention"]["enabled"], true);
+    assert_eq!(cfg["perceptual"]["alpha"], 0.0);
+
+    let (stdout, _) = ok(&[
+        "reconstruct",
+        "--device",
+        "cpu",
+        "--tokenizer",
+        p2s,
+        "--out",
+        rec.to_str().unwrap(),
+        "--limit",
+        "3",
+        "--batch",
+        "2",
+    ]);
+    assert!(
+        stdout.contains("mean PSNR") && stdout.contains("3 images"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(rec.join("psnr.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    let pngs = std::fs::read_dir(&rec)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "png")
+        .count();
+    assert_eq!(pngs, 3);
+
+    // Wrong inputs name what is wrong.
+    let err = run_err(&["finetune-decoder", "--device", "cpu", "--tokenizer", p2s]);
+    assert!(err.contains("expected a Tokenizer run"), "{err}");
+    let err = run_err(&["finetune-decoder", "--device", "cpu"]);
+    assert!(err.contains("--tokenizer"), "{err}");
+    let err = run_err(&["reconstruct", "--device", "cpu", "--tokenizer", "/no/run"]);
+    assert!(
+        err.contains("/no/run") && err.contains("does not exist"),
+        "{err}"
+    );
+    let err = run_err(&[
+        "finetune-decoder",
+        "--device",
+        "cpu",
+        "--tokenizer",
+        p1s,
+        "--out",
+        tmp.path().join("p3").to_str().unwrap(),
+        "--config",
+        "phase3",
+    ]);
+    assert!(
+        err.contains("phase3") && err.contains("phase2-tiny"),
+        "{err}"
+    );
+}

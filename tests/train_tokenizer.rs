@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::store::ModuleSnapshot;
 use burn::tensor::Device;
 use common::*;
-use seqgan::config::{self, TokenizerRunConfig};
+use seqgan::config::{self, RunKind, TokenizerRunConfig};
 use seqgan::data::{Dataset, Loader, Order};
 use seqgan::tokenizer::VqModel;
 use seqgan::train::gan::{GanState, batch_tensor};
@@ -141,6 +141,7 @@ fn learns_keeps_usage_and_resumes_bit_exactly() {
         Start::Resume {
             run: &b_dir,
             sets: &sets,
+            kind: RunKind::Tokenizer,
         },
         &device,
         &stop,

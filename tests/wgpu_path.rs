@@ -80,3 +80,72 @@ fn wgpu_matches_cpu_on_tokenizer_and_perceptual_loss() {
     let lg = pg.forward(rg, xg).total.into_scalar::<f32>() as f64;
     close("L_alpha cpu vs wgpu", lg, lc, 1e-3, 1e-5);
 }
+
+/// Shifts every float parameter, so the zero-initialised attention projection is not zero.
+struct Shift;
+
+impl burn::module::ModuleMapper for Shift {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        param.map(|t| t + 0.05)
+    }
+}
+
+#[test]
+fn wgpu_matches_cpu_on_phase2_attention_forward_and_backward() {
+    use burn::module::Module;
+    use seqgan::tokenizer::attention::WindowAttention;
+    let Some(gpu) = wgpu_device() else { return };
+    let plain = Device::flex();
+    let gpu_plain = gpu.clone();
+    let (cpu, gpu) = (plain.clone().autodiff(), gpu.autodiff());
+    let x: Vec<f32> = pattern(16, 8, 12);
+    for dilated in [false, true] {
+        plain.seed(5);
+        // Built and shifted on a plain device (no graph), then copied to both.
+        let block = WindowAttention::new(16, 8, 4, dilated, &plain).map(&mut Shift);
+        // Inference (backends' own attention kernels).
+        let input =
+            |d: &Device| Tensor::<4>::from_data(TensorData::new(x.clone(), [1, 16, 8, 12]), d);
+        let yc = values(block.forward(input(&plain)));
+        let yg = values(
+            block
+                .clone()
+                .to_device(&gpu_plain)
+                .forward(input(&gpu_plain)),
+        );
+        let err = yc
+            .iter()
+            .zip(&yg)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err <= 1e-4,
+            "dilated={dilated}: inference output differs by {err}"
+        );
+        let block_gpu = block.clone().to_device(&gpu);
+        let block = block.to_device(&cpu);
+        let run = |b: &WindowAttention, d: &Device| {
+            let x = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, 16, 8, 12]), d)
+                .require_grad();
+            let y = b.forward(x.clone());
+            let grads = y.clone().powi_scalar(2).sum().backward();
+            (values(y), values(x.grad(&grads).unwrap()))
+        };
+        let ((yc, gc), (yg, gg)) = (run(&block, &cpu), run(&block_gpu, &gpu));
+        for (what, a, b) in [("output", yc, yg), ("input gradient", gc, gg)] {
+            let scale = a.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1.0);
+            let err = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err <= 1e-4 * scale,
+                "dilated={dilated}: {what} differs by {err} (scale {scale})"
+            );
+        }
+    }
+}

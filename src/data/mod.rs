@@ -65,6 +65,19 @@ impl Dataset {
         }
     }
 
+    /// A short name of item `index` for output files: the file stem, or `class-index` for
+    /// the built-in data.
+    pub fn item_name(&self, index: usize) -> String {
+        match self {
+            Self::Folder(f) => f
+                .path(index)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| index.to_string()),
+            Self::Shapes(s) => format!("{}-{index}", shapes::CLASS_NAMES[s.label(index)]),
+        }
+    }
+
     /// Loads image `index` at a size with shorter side >= `res` (shapes are drawn at `res`);
     /// `None` means the file was unreadable and has been counted as skipped.
     pub fn load(&self, index: usize, res: usize) -> Option<RgbImage> {

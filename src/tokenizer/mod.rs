@@ -1,10 +1,12 @@
 //! The conv VQ tokenizer: encoder, quantiser, decoder, and the GAN discriminator.
 
+pub mod attention;
 pub mod blocks;
 pub mod decoder;
 pub mod discriminator;
 pub mod encoder;
 pub mod quantizer;
+pub mod trained;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
@@ -13,6 +15,7 @@ pub use decoder::Decoder;
 pub use discriminator::Discriminator;
 pub use encoder::Encoder;
 pub use quantizer::{QuantOut, Quantizer};
+pub use trained::TrainedTokenizer;
 
 use crate::config::TokenizerModelConfig;
 
@@ -53,12 +56,28 @@ impl VqModel {
         self.decoder.forward(self.quantizer.lookup(indices))
     }
 
-    /// `(name, parameter count)` of each part.
+    /// `(name, parameter count)` of each part (the decoder's attention blocks, when present,
+    /// are counted separately from the rest of the decoder).
     pub fn param_counts(&self) -> Vec<(&'static str, usize)> {
-        vec![
+        let attn = self.decoder.attention_params();
+        let mut parts = vec![
             ("encoder", self.encoder.num_params()),
             ("codebook", self.quantizer.num_params()),
-            ("decoder", self.decoder.num_params()),
-        ]
+            ("decoder", self.decoder.num_params() - attn),
+        ];
+        if attn > 0 {
+            parts.push(("decoder attention", attn));
+        }
+        parts
+    }
+
+    /// Phase 2: encoder and codebook take no gradients (so the optimiser never sees them and
+    /// token maps stay exactly those of phase 1).
+    pub fn freeze_token_space(self) -> Self {
+        Self {
+            encoder: self.encoder.no_grad(),
+            quantizer: self.quantizer.no_grad(),
+            decoder: self.decoder,
+        }
     }
 }

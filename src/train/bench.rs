@@ -5,7 +5,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use std::time::Instant;
 
 use super::gan::GanLoop;
-use crate::config::{LogitMode, PerceptualConfig, TokenizerRunConfig};
+use crate::config::{LogitMode, PerceptualConfig, RunKind, TokenizerRunConfig};
 use crate::data::{Dataset, Loader, Order};
 use crate::perceptual::{PerceptualLoss, Vgg16, WeightFile};
 
@@ -30,7 +30,8 @@ fn report(what: &str, images: usize, secs: f64, device: &Device) {
     );
 }
 
-/// Phase-1 steps with the GAN on (disc_start = 0): the steady-state cost of a step.
+/// Training steps of phase 1 or 2 (by `cfg.kind`) with the GAN on (disc_start = 0): the
+/// steady-state cost of a step.
 pub fn bench_tokenizer(
     mut cfg: TokenizerRunConfig,
     device: &Device,
@@ -72,8 +73,12 @@ pub fn bench_tokenizer(
     }
     let secs = t0.elapsed().as_secs_f64();
     let images = steps * t.batch_size * t.grad_accum;
+    let phase = match cfg.kind {
+        RunKind::Decoder => "phase 2 (frozen encoder/codebook, attention decoder)",
+        _ => "phase 1",
+    };
     println!(
-        "tokenizer phase 1 @ {}x{}, batch {} x accum {}, {} steps (+{} warm-up), GAN + R1 on:",
+        "tokenizer {phase} @ {}x{}, batch {} x accum {}, {} steps (+{} warm-up), GAN + R1 on:",
         cfg.model.resolution, cfg.model.resolution, t.batch_size, t.grad_accum, steps, warmup
     );
     report("  train step", images, secs, &ad);

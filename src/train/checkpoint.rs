@@ -10,7 +10,10 @@
 //! does `latest.json` (itself written to a temp file and renamed) point at it. A crash at any
 //! point leaves the previous checkpoint as `latest`.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use burn::module::Module;
+use burn::store::ModuleRecord;
+use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use std::fs::{self, File};
@@ -83,19 +86,27 @@ impl RunDir {
 
     /// Opens an existing run folder of the given kind, with a clear error otherwise.
     pub fn open(root: &Path, kind: RunKind) -> Result<Self> {
+        Self::open_any(root, &[kind]).map(|(dir, _)| dir)
+    }
+
+    /// Opens an existing run folder of one of `kinds`; returns it with its kind.
+    pub fn open_any(root: &Path, kinds: &[RunKind]) -> Result<(Self, RunKind)> {
         if !root.is_dir() {
             bail!("run folder {} does not exist", root.display());
         }
         let found = read_kind(root)?;
-        if found != kind {
+        if !kinds.contains(&found) {
+            let want: Vec<String> = kinds.iter().map(|k| format!("{k:?}")).collect();
             bail!(
-                "{} is a {found:?} run folder, expected a {kind:?} run",
-                root.display()
+                "{} is a {found:?} run folder, expected a {} run",
+                root.display(),
+                want.join(" or ")
             );
         }
-        Ok(Self {
+        let dir = Self {
             root: root.to_path_buf(),
-        })
+        };
+        Ok((dir, found))
     }
 
     pub fn root(&self) -> &Path {
@@ -254,6 +265,26 @@ pub fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
     fs::read(&path).with_context(|| format!("reading checkpoint file {}", path.display()))
 }
 
+/// Loads the weights in checkpoint file `dir/name` into `module` (built from the run's config),
+/// with errors naming the file.
+pub fn load_module<M: Module>(module: M, dir: &Path, name: &str) -> Result<M> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(read_file(dir, name)?))
+        .map_err(|e| anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))?;
+    module
+        .try_load_record(record)
+        .map_err(|e| anyhow!("{}/{name} does not fit the config: {e:?}", dir.display()))
+}
+
+/// A module's weights as checkpoint-file bytes.
+pub fn module_bytes<M: Module>(module: &M) -> Result<Vec<u8>> {
+    Ok(module
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| anyhow!("serialising weights: {e:?}"))?
+        .to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +342,10 @@ mod tests {
         assert!(err.to_string().contains("does not exist"));
         fs::write(tmp.path().join("config.json"), r#"{"kind": "transformer"}"#).unwrap();
         let err = RunDir::open(tmp.path(), RunKind::Tokenizer).unwrap_err();
-        assert!(err.to_string().contains("expected a Tokenizer"), "{err}");
+        assert!(
+            err.to_string().contains("expected a Tokenizer run"),
+            "{err}"
+        );
         fs::write(tmp.path().join("config.json"), "{garbage").unwrap();
         assert!(RunDir::open(tmp.path(), RunKind::Tokenizer).is_err());
     }

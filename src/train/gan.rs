@@ -8,7 +8,6 @@
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::store::ModuleRecord;
 use burn::tensor::activation::{relu, softplus};
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use serde_json::{Value, json};
@@ -16,16 +15,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::checkpoint::{RunDir, TrainState, read_file};
+use super::checkpoint::{RunDir, TrainState, load_module, module_bytes, read_file};
 use super::ema;
 use super::metrics::MetricsLog;
 use super::progress::Progress;
-use crate::config::{GanLossKind, TokenizerRunConfig};
+use crate::config::{GanLossKind, RunKind, TokenizerRunConfig};
 use crate::data::loader::{keyed_rng, normal_vec};
 use crate::data::{Batch, Dataset, Loader, Order};
 use crate::image_io;
 use crate::perceptual::PerceptualLoss;
 use crate::tokenizer::{Discriminator, VqModel};
+use image::RgbImage;
 
 /// Finite-difference step (in [-1, 1] pixel units) of the R1 estimator.
 pub const R1_FD_EPS: f64 = 1e-2;
@@ -89,7 +89,7 @@ impl<'a> GanLoop<'a> {
     /// Fresh models and optimisers, seeded by `train.seed`.
     pub fn init_state(&self) -> GanState {
         self.device.seed(self.cfg.train.seed);
-        let model = VqModel::new(&self.cfg.model, &self.device);
+        let model = self.prepare(VqModel::new(&self.cfg.model, &self.device));
         let disc = Discriminator::new(&self.cfg.disc, self.cfg.model.resolution, &self.device);
         let ema = (self.cfg.train.ema_decay > 0.0).then(|| ema::init(&model));
         GanState {
@@ -108,24 +108,8 @@ impl<'a> GanLoop<'a> {
     /// Loads the state saved in checkpoint folder `dir` into freshly built modules.
     pub fn load_state(&self, dir: &Path, state: TrainState) -> Result<GanState> {
         let fresh = self.init_state();
-        let load = |name: &str| -> Result<ModuleRecord> {
-            ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(read_file(dir, name)?))
-                .map_err(|e| anyhow::anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))
-        };
-        let model = fresh
-            .model
-            .try_load_record(load("model.bpk")?)
-            .map_err(|e| {
-                anyhow::anyhow!("{}/model.bpk does not fit the config: {e:?}", dir.display())
-            })?;
-        let disc = fresh.disc.try_load_record(load("disc.bpk")?).map_err(|e| {
-            anyhow::anyhow!("{}/disc.bpk does not fit the config: {e:?}", dir.display())
-        })?;
         let ema = match fresh.ema {
-            Some(e) => Some(
-                e.try_load_record(load("ema.bpk")?)
-                    .map_err(|e| anyhow::anyhow!("{}/ema.bpk: {e:?}", dir.display()))?,
-            ),
+            Some(e) => Some(load_module(e, dir, "ema.bpk")?),
             None => None,
         };
         let optim = |o: ModuleOptimizer, name: &str| -> Result<ModuleOptimizer> {
@@ -133,8 +117,8 @@ impl<'a> GanLoop<'a> {
                 .map_err(|e| anyhow::anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))
         };
         Ok(GanState {
-            model,
-            disc,
+            model: self.prepare(load_module(fresh.model, dir, "model.bpk")?),
+            disc: load_module(fresh.disc, dir, "disc.bpk")?,
             ema,
             optim_g: optim(fresh.optim_g, "optim_g.bpk")?,
             optim_d: optim(fresh.optim_d, "optim_d.bpk")?,
@@ -142,33 +126,52 @@ impl<'a> GanLoop<'a> {
         })
     }
 
+    /// Phase 2: a fresh state whose encoder, codebook and decoder come from the phase-1 model
+    /// (its decoder gains identity-initialised attention blocks) and whose discriminator is
+    /// phase 1's unless `finetune.reinit_disc`. Optimisers start fresh.
+    pub fn init_from_phase1(&self, phase1: VqModel, phase1_disc: Discriminator) -> GanState {
+        let mut st = self.init_state();
+        let VqModel {
+            encoder,
+            quantizer,
+            decoder,
+        } = phase1;
+        let model = VqModel {
+            encoder,
+            quantizer,
+            decoder: decoder.enhance(&self.cfg.model, &self.device),
+        };
+        st.model = self.prepare(model);
+        if !self.cfg.finetune.reinit_disc {
+            st.disc = phase1_disc;
+        }
+        st.ema = (self.cfg.train.ema_decay > 0.0).then(|| ema::init(&st.model));
+        st
+    }
+
+    /// Applies the phase's freezing: in phase 2 encoder and codebook take no gradients.
+    fn prepare(&self, model: VqModel) -> VqModel {
+        match self.cfg.kind {
+            RunKind::Decoder => model.freeze_token_space(),
+            _ => model,
+        }
+    }
+
     /// Serialises a state into checkpoint files.
     pub fn state_files(st: &GanState) -> Result<Vec<(&'static str, Vec<u8>)>> {
-        let rec = |m: ModuleRecord| -> Result<Vec<u8>> {
-            Ok(m.into_bytes()
-                .map_err(|e| anyhow::anyhow!("serialising weights: {e:?}"))?
+        let optim = |o: &ModuleOptimizer| -> Result<Vec<u8>> {
+            Ok(o.into_bytes()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?
                 .to_vec())
         };
         let mut files = vec![
-            ("model.bpk", rec(st.model.clone().into_record())?),
-            ("disc.bpk", rec(st.disc.clone().into_record())?),
-            (
-                "optim_g.bpk",
-                st.optim_g
-                    .into_bytes()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                    .to_vec(),
-            ),
-            (
-                "optim_d.bpk",
-                st.optim_d
-                    .into_bytes()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                    .to_vec(),
-            ),
+            ("model.bpk", module_bytes(&st.model)?),
+            ("disc.bpk", module_bytes(&st.disc)?),
+            ("optim_g.bpk", optim(&st.optim_g)?),
+            ("optim_d.bpk", optim(&st.optim_d)?),
         ];
         if let Some(e) = &st.ema {
-            files.push(("ema.bpk", rec(e.clone().into_record())?));
+            files.push(("ema.bpk", module_bytes(e)?));
         }
         Ok(files)
     }
@@ -287,7 +290,15 @@ impl<'a> GanLoop<'a> {
         let lr = self.lr(step, t.lr);
         st.model = st.optim_g.step(lr, st.model.clone(), acc_g.grads());
         if let Some(e) = st.ema.take() {
-            st.ema = Some(ema::update(e, &st.model, t.ema_decay));
+            st.ema = Some(match self.cfg.kind {
+                // Frozen parts are copied as they are (a blend of equal values need not be
+                // bit-identical to them).
+                RunKind::Decoder => VqModel {
+                    decoder: ema::update(e.decoder, &st.model.decoder, t.ema_decay),
+                    ..e
+                },
+                _ => ema::update(e, &st.model, t.ema_decay),
+            });
         }
         let mut d_out = None;
         if gan {
@@ -314,7 +325,7 @@ impl<'a> GanLoop<'a> {
         run: &RunDir,
         mut st: GanState,
         dataset: Dataset,
-        preview: &Tensor<4>,
+        preview: &Preview,
         stop: &AtomicBool,
     ) -> Result<GanState> {
         let t = &self.cfg.train;
@@ -425,8 +436,12 @@ impl<'a> GanLoop<'a> {
         progress.finish();
         dataset.report_skipped();
         if interrupted {
+            let command = match self.cfg.kind {
+                RunKind::Decoder => "finetune-decoder",
+                _ => "train-tokenizer",
+            };
             eprintln!(
-                "interrupted: saved step {} to {}. Resume with: seqgan train-tokenizer --resume {}",
+                "interrupted: saved step {} to {}. Resume with: seqgan {command} --resume {}",
                 st.state.step,
                 run.root().display(),
                 run.root().display()
@@ -435,20 +450,34 @@ impl<'a> GanLoop<'a> {
         Ok(st)
     }
 
-    /// Writes `samples/step-N.png`: inputs over reconstructions.
+    /// Writes `samples/step-N.png`: inputs, then the reference row (phase 2: phase 1's
+    /// reconstructions) if any, then this run's reconstructions (EMA weights when kept).
     pub fn write_samples(
         &self,
         run: &RunDir,
         st: &GanState,
-        preview: &Tensor<4>,
+        preview: &Preview,
         step: usize,
     ) -> Result<()> {
         let model = st.ema.as_ref().unwrap_or(&st.model).valid();
-        let x = preview.clone().inner();
+        let x = preview.x.clone().inner();
         let (x_hat, _) = model.forward(x.clone(), 1.0);
-        let grid = image_io::grid(&[image_io::to_images(x), image_io::to_images(x_hat)]);
-        image_io::save_png(&grid, &run.path(&format!("samples/step-{step:07}.png")))
+        let mut rows = vec![image_io::to_images(x)];
+        rows.extend(preview.reference.clone());
+        rows.push(image_io::to_images(x_hat));
+        image_io::save_png(
+            &image_io::grid(&rows),
+            &run.path(&format!("samples/step-{step:07}.png")),
+        )
     }
+}
+
+/// The fixed held-out images of a run's sample grids.
+pub struct Preview {
+    /// Inputs `[N, 3, H, W]`.
+    pub x: Tensor<4>,
+    /// A row shown between inputs and reconstructions (phase 2: phase 1's reconstructions).
+    pub reference: Option<Vec<RgbImage>>,
 }
 
 /// A small fixed held-out batch for sample grids (`builtin:shapes:val` or the first images).

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod decoder;
 pub mod ema;
 pub mod gan;
 pub mod metrics;

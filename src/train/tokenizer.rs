@@ -1,4 +1,6 @@
-//! `seqgan train-tokenizer`: phase 1 (encoder, codebook, decoder, discriminator).
+//! `seqgan train-tokenizer` (phase 1: encoder, codebook, decoder, discriminator) and the run
+//! set-up it shares with `seqgan finetune-decoder` (phase 2, see [`super::decoder`]): the kind
+//! in the config decides the phase.
 
 use anyhow::{Result, bail, ensure};
 use burn::module::Module;
@@ -7,20 +9,25 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use super::checkpoint::RunDir;
-use super::gan::{GanLoop, GanState, preview_batch};
+use super::decoder;
+use super::gan::{GanLoop, GanState, Preview, preview_batch};
 use crate::config::{self, LogitMode, RunKind, TokenizerRunConfig};
 use crate::data::Dataset;
 use crate::perceptual::PerceptualLoss;
 
-/// Where a phase-1 run comes from.
+/// Where a tokenizer run comes from.
 pub enum Start<'a> {
-    /// A new run into this folder.
+    /// A new run into this folder (phase 1 or 2 by `config.kind`).
     New {
         config: Box<TokenizerRunConfig>,
         out: &'a Path,
     },
-    /// Continue the run in this folder, with `--set` overrides (e.g. more steps).
-    Resume { run: &'a Path, sets: &'a [String] },
+    /// Continue the run of this kind in this folder, with `--set` overrides (e.g. more steps).
+    Resume {
+        run: &'a Path,
+        sets: &'a [String],
+        kind: RunKind,
+    },
 }
 
 /// A start whose config is validated and whose data is opened (scanned once).
@@ -45,15 +52,14 @@ pub fn resolve_config(start: &Start) -> Result<Resolved> {
             }
             ((**config).clone(), out.to_path_buf(), false)
         }
-        Start::Resume { run, sets } => {
-            let dir = RunDir::open(run, RunKind::Tokenizer)?;
+        Start::Resume { run, sets, kind } => {
+            let dir = RunDir::open(run, *kind)?;
             let cfg: TokenizerRunConfig = dir.read_config()?;
             let defaults = serde_json::to_value(TokenizerRunConfig::default())?;
             let value = config::apply_overrides(serde_json::to_value(&cfg)?, sets, &defaults)?;
             (serde_json::from_value(value)?, run.to_path_buf(), true)
         }
     };
-    cfg.kind = RunKind::Tokenizer;
     cfg.validate()?;
     let dataset = Dataset::open(&cfg.data.path, cfg.data.builtin_len)?;
     let names = dataset.class_names();
@@ -74,12 +80,13 @@ pub fn resolve_config(start: &Start) -> Result<Resolved> {
     })
 }
 
-/// Runs phase 1 on `device` (a plain device; autodiff is added here). Returns the final state.
+/// Runs phase 1 or 2 on `device` (a plain device; autodiff is added here). Returns the final
+/// state.
 pub fn train_tokenizer(start: Start, device: &Device, stop: &AtomicBool) -> Result<GanState> {
     train_resolved(resolve_config(&start)?, device, stop)
 }
 
-/// Runs phase 1 from an already resolved start.
+/// Runs a phase from an already resolved start.
 pub fn train_resolved(resolved: Resolved, device: &Device, stop: &AtomicBool) -> Result<GanState> {
     let Resolved {
         cfg,
@@ -108,13 +115,21 @@ pub fn train_resolved(resolved: Resolved, device: &Device, stop: &AtomicBool) ->
         device: ad.clone(),
         perceptual: &perceptual,
     };
+    // Phase 2 starts from (and shows next to its own) the phase-1 tokenizer.
+    let phase1 = match cfg.kind {
+        RunKind::Decoder => decoder::open_phase1(&cfg, &ad, resume)?,
+        _ => None,
+    };
     let st = match (resume, run.latest()?) {
         (true, Some((dir, state))) => {
             eprintln!("resuming {} at step {}", out.display(), state.step);
             lp.load_state(&dir, state)?
         }
         (true, None) => bail!("{} has no checkpoint to resume", out.display()),
-        (false, _) => lp.init_state(),
+        (false, _) => match &phase1 {
+            Some(p) => lp.init_from_phase1(p.model.clone(), p.load_discriminator(&ad)?),
+            None => lp.init_state(),
+        },
     };
     print_param_counts(&st);
     ensure!(
@@ -124,13 +139,15 @@ pub fn train_resolved(resolved: Resolved, device: &Device, stop: &AtomicBool) ->
         st.state.step,
         cfg.train.steps
     );
-    let preview = preview_batch(
+    let x = preview_batch(
         &cfg.data.path,
         cfg.data.builtin_len,
         cfg.model.resolution,
         8,
         &ad,
     )?;
+    let reference = phase1.map(|p| decoder::reconstructions(&p.model, &x));
+    let preview = Preview { x, reference };
     let st = lp.train(&run, st, dataset, &preview, stop)?;
     eprintln!("done: {} at step {}", out.display(), st.state.step);
     Ok(st)
