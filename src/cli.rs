@@ -22,8 +22,65 @@ pub enum Command {
     FinetuneDecoder(FinetuneDecoderArgs),
     /// Encode and decode images with a tokenizer run; write input|reconstruction PNGs and PSNR.
     Reconstruct(ReconstructArgs),
+    /// Encode a dataset once into a token file (codes + labels) for transformer training.
+    Encode(EncodeArgs),
+    /// Train a class-conditional MaskGIT or GPT transformer on a token file.
+    TrainTransformer(TrainTransformerArgs),
     /// Time training steps of a stage on a device and print img/s and peak memory.
     Bench(BenchArgs),
+}
+
+/// Arguments of `encode`.
+#[derive(Args, Debug)]
+pub struct EncodeArgs {
+    /// Tokenizer run folder (phase 1 or 2: both make the same tokens).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Images: an ImageFolder (`root/<class>/<image>`) or `builtin:shapes` (default: the run's
+    /// training data).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Token file to write.
+    #[arg(long, default_value = "tokens.bin")]
+    pub out: PathBuf,
+    /// Also store each image's horizontally mirrored copy (doubles the entries).
+    #[arg(long)]
+    pub flip: bool,
+    /// Images per device batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Encode at most this many images (also the size of a built-in dataset).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
+}
+
+/// Arguments of `train-transformer`.
+#[derive(Args, Debug)]
+pub struct TrainTransformerArgs {
+    /// Token file from `seqgan encode`.
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    pub tokens: Option<PathBuf>,
+    /// Architecture (overrides the config's `arch`).
+    #[arg(long, value_enum)]
+    pub arch: Option<crate::transformer::Arch>,
+    /// Config preset (tiny, base, large) or a JSON config file.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Override a config value, e.g. `--set train.steps=1000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Run folder to create.
+    #[arg(long, default_value = "runs/transformer", conflicts_with = "resume")]
+    pub out: PathBuf,
+    /// Continue the run in this folder exactly where its last checkpoint left off.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
 }
 
 /// Arguments of `finetune-decoder`.
@@ -107,6 +164,8 @@ pub enum BenchStage {
     Tokenizer,
     /// A full phase-2 training step (`--config` preset with the `phase2` patch applied).
     Decoder,
+    /// A transformer training step on random tokens (`--transformer` preset, `--arch`).
+    Transformer,
     /// Forward + backward of the perceptual losses `L_sem` and `L_low` alone.
     Perceptual,
 }
@@ -132,9 +191,18 @@ pub struct BenchArgs {
     /// Image side for the perceptual stage.
     #[arg(long, default_value_t = 64)]
     pub res: usize,
-    /// Batch size for the perceptual stage.
+    /// Batch size for the perceptual and transformer stages.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Transformer stage: preset (tiny, base, large) or JSON file.
+    #[arg(long, default_value = "tiny")]
+    pub transformer: String,
+    /// Transformer stage: architecture.
+    #[arg(long, value_enum, default_value_t = crate::transformer::Arch::Maskgit)]
+    pub arch: crate::transformer::Arch,
+    /// Transformer stage: token grid side, codebook size and classes of the synthetic tokens.
+    #[arg(long, num_args = 3, value_names = ["SIDE", "CODES", "CLASSES"], default_values_t = [16, 1024, 1000])]
+    pub tokens: Vec<usize>,
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
     pub device: DeviceChoice,

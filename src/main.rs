@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use seqgan::cli::{BenchStage, Cli, Command};
 use seqgan::config::{self, RunKind, TokenizerRunConfig};
+use seqgan::encode;
 use seqgan::reconstruct;
 use seqgan::tokenizer::TrainedTokenizer;
-use seqgan::train::{bench, decoder, tokenizer};
+use seqgan::train::{bench, decoder, tokenizer, transformer};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -100,12 +101,60 @@ fn run() -> Result<()> {
                 a.out.display()
             );
         }
+        Command::Encode(a) => {
+            let device = seqgan::device::open(a.device)?;
+            let tok = TrainedTokenizer::load(&a.tokenizer, &device)?;
+            eprintln!("tokenizer: {}", tok.describe());
+            let data = a.data.clone().unwrap_or_else(|| tok.cfg.data.path.clone());
+            encode::encode(&tok, &data, &a.out, a.flip, a.batch, a.limit, &device)?;
+        }
+        Command::TrainTransformer(a) => {
+            let start = match (&a.resume, &a.tokens) {
+                (Some(run), _) => {
+                    if a.arch.is_some() {
+                        bail!("--arch cannot change on --resume (it is in the run's config.json)");
+                    }
+                    transformer::Start::Resume { run, sets: &a.sets }
+                }
+                (None, Some(tokens)) => {
+                    let mut cfg = transformer::new_config(&a.config, &a.sets)?;
+                    if let Some(arch) = a.arch {
+                        cfg.arch = arch;
+                    }
+                    transformer::Start::New {
+                        config: Box::new(cfg),
+                        tokens,
+                        out: &a.out,
+                    }
+                }
+                (None, None) => bail!("--tokens FILE (from `seqgan encode`) is required"),
+            };
+            let resolved = transformer::resolve(&start)?;
+            let device = seqgan::device::open(a.device)?;
+            install_ctrlc();
+            transformer::train_resolved(resolved, &device, &STOP)?;
+        }
         Command::Bench(a) => {
             let cfg: TokenizerRunConfig = config::resolve(Some(&a.config), &a.sets)?;
             let device = seqgan::device::open(a.device)?;
             match a.stage {
                 BenchStage::Tokenizer => {
                     bench::bench_tokenizer(cfg, &device, a.steps, a.warmup)?;
+                }
+                BenchStage::Transformer => {
+                    let mut tcfg = transformer::new_config(&a.transformer, &[])?;
+                    tcfg.arch = a.arch;
+                    let [side, codes, classes] = a.tokens[..] else {
+                        bail!("--tokens takes SIDE CODES CLASSES");
+                    };
+                    bench::bench_transformer(
+                        tcfg,
+                        [side, codes, classes],
+                        a.batch,
+                        &device,
+                        a.steps,
+                        a.warmup,
+                    )?;
                 }
                 BenchStage::Decoder => {
                     let cfg = decoder::as_phase2(&cfg, "phase2", &[])?;

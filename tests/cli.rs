@@ -298,4 +298,62 @@ fn finetune_decoder_and_reconstruct_from_the_command_line() {
         err.contains("phase3") && err.contains("phase2-tiny"),
         "{err}"
     );
+
+    // Tokens from the phase-2 run, a short GPT run on them, and the errors around them.
+    let tokens = tmp.path().join("tok.bin");
+    let t = tmp.path().join("gpt");
+    let (ts, tks) = (t.to_str().unwrap(), tokens.to_str().unwrap());
+    let (_, stderr) = ok(&[
+        "encode",
+        "--device",
+        "cpu",
+        "--tokenizer",
+        p2s,
+        "--out",
+        tks,
+        "--limit",
+        "40",
+        "--flip",
+    ]);
+    assert!(stderr.contains("wrote 80 entries"), "{stderr}");
+    let (_, stderr) = ok(&[
+        "train-transformer",
+        "--device",
+        "cpu",
+        "--tokens",
+        tks,
+        "--arch",
+        "gpt",
+        "--out",
+        ts,
+        "--set",
+        "train.steps=3",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.batch_size=4",
+    ]);
+    assert!(
+        stderr.contains("Gpt transformer") && stderr.contains("done"),
+        "{stderr}"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["kind"], "transformer");
+    assert_eq!(cfg["arch"], "gpt");
+    let png = rec.join("psnr.csv");
+    let err = run_err(&[
+        "train-transformer",
+        "--device",
+        "cpu",
+        "--tokens",
+        png.to_str().unwrap(),
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(err.contains("not a seqgan token file"), "{err}");
+    let err = run_err(&["train-transformer", "--device", "cpu", "--resume", p1s]);
+    assert!(err.contains("expected a Transformer run"), "{err}");
+    let err = run_err(&["encode", "--device", "cpu", "--tokenizer", ts]);
+    assert!(err.contains("expected a Tokenizer or Decoder run"), "{err}");
 }

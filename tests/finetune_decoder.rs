@@ -75,6 +75,7 @@ fn run(cfg: &TokenizerRunConfig, out: &Path, device: &Device) -> GanState {
 
 #[test]
 fn phase2_starts_as_phase1_keeps_tokens_improves_and_resumes_bit_exactly() {
+    let _serial = common::rng_lock();
     let device = Device::flex();
     let tmp = tempfile::tempdir().unwrap();
     let p1_dir = tmp.path().join("p1");
@@ -242,6 +243,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn paper256_phase2_counts_57_9m_parameters() {
+    let _serial = common::rng_lock();
     let base: TokenizerRunConfig = config::resolve(Some("paper256"), &[]).unwrap();
     let cfg = seqgan::train::decoder::as_phase2(&base, "phase2", &[]).unwrap();
     let model = VqModel::new(&cfg.model, &Device::flex());

@@ -59,6 +59,7 @@ fn assert_bit_identical(a: &GanState, b: &GanState) {
 
 #[test]
 fn learns_keeps_usage_and_resumes_bit_exactly() {
+    let _serial = common::rng_lock();
     let device = Device::flex();
     let stop = AtomicBool::new(false);
     let tmp = tempfile::tempdir().unwrap();
@@ -177,6 +178,7 @@ fn learns_keeps_usage_and_resumes_bit_exactly() {
 
 #[test]
 fn paper256_counts_54_5m_parameters() {
+    let _serial = common::rng_lock();
     let cfg: TokenizerRunConfig = config::resolve(Some("paper256"), &[]).unwrap();
     let model = VqModel::new(&cfg.model, &Device::flex());
     let total: usize = model.param_counts().iter().map(|(_, n)| n).sum();

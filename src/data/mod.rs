@@ -3,6 +3,7 @@
 pub mod folder;
 pub mod loader;
 pub mod shapes;
+pub mod tokens;
 pub mod transform;
 
 use anyhow::{Result, bail};

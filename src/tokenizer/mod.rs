@@ -18,6 +18,25 @@ pub use quantizer::{QuantOut, Quantizer};
 pub use trained::TrainedTokenizer;
 
 use crate::config::TokenizerModelConfig;
+use burn::store::ModuleSnapshot;
+
+/// FNV-1a, 64 bit.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
 
 /// Encoder + codebook + decoder.
 #[derive(Module, Debug)]
@@ -69,6 +88,33 @@ impl VqModel {
             parts.push(("decoder attention", attn));
         }
         parts
+    }
+
+    /// A hash (FNV-1a 64, hex) of the encoder and codebook weights: names, sizes and bytes.
+    /// Token maps are a function of exactly these, so two tokenizers with the same hash (a
+    /// phase-1 run and the phase-2 runs made from it) make the same tokens.
+    pub fn token_space_hash(&self) -> String {
+        let mut h = Fnv::default();
+        for (part, snapshots) in [
+            ("encoder", self.encoder.collect(None, None, false)),
+            ("codebook", self.quantizer.collect(None, None, false)),
+        ] {
+            let mut sorted: Vec<_> = snapshots
+                .into_iter()
+                .map(|t| {
+                    let bytes = t.to_bytes().expect("weights are readable").to_vec();
+                    (t.name.clone(), bytes)
+                })
+                .collect();
+            sorted.sort_by(|a, b| a.0.cmp(&b.0));
+            h.write(part.as_bytes());
+            for (name, bytes) in sorted {
+                h.write(name.as_bytes());
+                h.write(&(bytes.len() as u64).to_le_bytes());
+                h.write(&bytes);
+            }
+        }
+        format!("{:016x}", h.0)
     }
 
     /// Phase 2: encoder and codebook take no gradients (so the optimiser never sees them and

@@ -8,6 +8,8 @@ use super::gan::GanLoop;
 use crate::config::{LogitMode, PerceptualConfig, RunKind, TokenizerRunConfig};
 use crate::data::{Dataset, Loader, Order};
 use crate::perceptual::{PerceptualLoss, Vgg16, WeightFile};
+use crate::transformer::TransformerRunConfig;
+use burn::module::Module;
 
 /// Peak resident memory of this process in MiB (Linux), if known.
 pub fn peak_rss_mib() -> Option<f64> {
@@ -137,4 +139,75 @@ pub fn bench_perceptual(
         report("  ", steps * batch, secs, &ad);
     }
     Ok(())
+}
+
+/// Transformer training steps on random tokens (`[side, codes, classes]`): tokens/s.
+pub fn bench_transformer(
+    mut cfg: TransformerRunConfig,
+    [side, codes, classes]: [usize; 3],
+    batch: usize,
+    device: &Device,
+    steps: usize,
+    warmup: usize,
+) -> Result<f64> {
+    use crate::data::tokens::{TokenFile, TokenHeader};
+    use crate::train::transformer::TransformerLoop;
+    use rand::{Rng, SeedableRng};
+    let n = side * side;
+    let entries = (batch * 4).max(8);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let tokens = TokenFile {
+        header: TokenHeader {
+            codebook_size: codes,
+            h: side,
+            w: side,
+            class_names: (0..classes).map(|c| c.to_string()).collect(),
+            ..Default::default()
+        },
+        labels: (0..entries)
+            .map(|_| rng.random_range(0..classes as u32))
+            .collect(),
+        codes: (0..entries * n)
+            .map(|_| rng.random_range(0..codes as u16))
+            .collect(),
+    };
+    cfg.tokens.header = tokens.header.clone();
+    cfg.train.batch_size = batch;
+    cfg.train.val_fraction = 0.0;
+    cfg.validate()?;
+    let ad = device.clone().autodiff();
+    let lp = TransformerLoop::new(&cfg, ad.clone(), &tokens);
+    let mut st = lp.init_state();
+    let mut order = crate::transformer::batch::Order::new(lp.split.train.clone(), batch, 0);
+    for _ in 0..warmup {
+        let _ = lp.step(&mut st, &mut order).loss.into_scalar::<f32>();
+    }
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let _ = lp.step(&mut st, &mut order).loss.into_scalar::<f32>();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let tok = (steps * batch * cfg.train.grad_accum * n) as f64;
+    println!(
+        "transformer {:?} {} params ({:.1}M), {}x{} tokens, {} codes, {} classes, batch {} x accum {}, {} steps (+{} warm-up):",
+        cfg.arch,
+        st.model.num_params(),
+        st.model.num_params() as f64 / 1e6,
+        side,
+        side,
+        codes,
+        classes,
+        batch,
+        cfg.train.grad_accum,
+        steps,
+        warmup
+    );
+    report(
+        "  train step",
+        steps * batch * cfg.train.grad_accum,
+        secs,
+        &ad,
+    );
+    println!("  {:.0} tokens/s", tok / secs);
+    Ok(tok / secs)
 }

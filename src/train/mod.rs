@@ -8,3 +8,4 @@ pub mod gan;
 pub mod metrics;
 pub mod progress;
 pub mod tokenizer;
+pub mod transformer;

@@ -70,3 +70,11 @@ pub fn close(what: &str, a: f64, b: f64, rel: f64, abs: f64) {
 pub fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
+
+/// Serialises tests of one test binary that draw from a device's random generator (model
+/// init, dropout): it is global to the process, so concurrent tests would interleave draws and
+/// break exact-reproducibility checks. Hold the guard for the whole test.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

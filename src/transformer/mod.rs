@@ -1,0 +1,10 @@
+//! Generative transformers on token maps (method.md, "Generative transformers"): MaskGIT
+//! (bidirectional, masked-token training) and GPT (causal, raster order).
+
+pub mod batch;
+pub mod config;
+pub mod masking;
+pub mod model;
+
+pub use config::{Arch, TransformerRunConfig};
+pub use model::{Transformer, Vocab};

@@ -1,0 +1,172 @@
+//! The token transformer shared by MaskGIT and GPT: token + learned position embeddings,
+//! pre-LN blocks (multi-head self-attention, GELU MLP), final LayerNorm, a head over the
+//! codebook. MaskGIT runs it bidirectionally, GPT with a causal mask.
+
+use burn::module::{Module, Param};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig,
+};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Distribution, Int, Tensor};
+
+use super::config::{Arch, TransformerModelConfig};
+
+/// Std of the normal init of every weight matrix and embedding (GPT-2 / MaskGIT).
+const INIT_STD: f64 = 0.02;
+
+fn linear(din: usize, dout: usize, device: &Device) -> Linear {
+    LinearConfig::new(din, dout)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: INIT_STD,
+        })
+        .init(device)
+}
+
+/// Token ids: codes `0..K`, then one class token per class, the null class (classifier-free
+/// guidance), and for MaskGIT the mask token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vocab {
+    pub codes: usize,
+    pub classes: usize,
+    pub arch: Arch,
+}
+
+impl Vocab {
+    pub fn class_token(&self, class: usize) -> usize {
+        self.codes + class
+    }
+    pub fn null_class(&self) -> usize {
+        self.codes + self.classes
+    }
+    pub fn mask_token(&self) -> usize {
+        self.codes + self.classes + 1
+    }
+    pub fn size(&self) -> usize {
+        self.codes + self.classes + 1 + usize::from(self.arch == Arch::Maskgit)
+    }
+    /// Input sequence length for `n` image tokens: the class token + all tokens (MaskGIT) or
+    /// + all but the last (GPT).
+    pub fn seq_len(&self, n: usize) -> usize {
+        match self.arch {
+            Arch::Maskgit => n + 1,
+            Arch::Gpt => n,
+        }
+    }
+}
+
+/// Pre-LN transformer block.
+#[derive(Module, Debug)]
+pub struct Block {
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    drop: Dropout,
+    heads: usize,
+}
+
+impl Block {
+    fn new(c: &TransformerModelConfig, device: &Device) -> Self {
+        Self {
+            norm1: LayerNormConfig::new(c.dim).init(device),
+            qkv: linear(c.dim, 3 * c.dim, device),
+            proj: linear(c.dim, c.dim, device),
+            norm2: LayerNormConfig::new(c.dim).init(device),
+            fc1: linear(c.dim, c.mlp, device),
+            fc2: linear(c.mlp, c.dim, device),
+            drop: DropoutConfig::new(c.dropout).init(),
+            heads: c.heads,
+        }
+    }
+
+    /// Queries, keys and values `[B, heads, L, dh]` of `x` `[B, L, D]`.
+    fn qkv(&self, x: Tensor<3>) -> [Tensor<4>; 3] {
+        let [b, l, d] = x.dims();
+        let dh = d / self.heads;
+        let qkv = self
+            .qkv
+            .forward(self.norm1.forward(x))
+            .reshape([b, l, 3, self.heads, dh]);
+        [0, 1, 2].map(|i| {
+            qkv.clone()
+                .narrow(2, i, 1)
+                .reshape([b, l, self.heads, dh])
+                .swap_dims(1, 2)
+        })
+    }
+
+    /// Residual update from attention output `[B, heads, L, dh]`, then the MLP.
+    fn finish(&self, x: Tensor<3>, att: Tensor<4>) -> Tensor<3> {
+        let [b, l, d] = x.dims();
+        let att = att.swap_dims(1, 2).reshape([b, l, d]);
+        let x = x + self.drop.forward(self.proj.forward(att));
+        let h = self
+            .fc2
+            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        x + self.drop.forward(h)
+    }
+
+    fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        let [q, k, v] = self.qkv(x.clone());
+        let options = AttentionModuleOptions {
+            is_causal: causal,
+            ..Default::default()
+        };
+        let att = attention(q, k, v, None, None, options);
+        self.finish(x, att)
+    }
+}
+
+/// MaskGIT or GPT over token maps.
+#[derive(Module, Debug)]
+pub struct Transformer {
+    tok_emb: Embedding,
+    pos_emb: Param<Tensor<3>>,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    head: Linear,
+    drop: Dropout,
+    causal: bool,
+}
+
+impl Transformer {
+    /// A transformer for `vocab` over sequences of `seq_len` tokens.
+    pub fn new(c: &TransformerModelConfig, vocab: Vocab, seq_len: usize, device: &Device) -> Self {
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: INIT_STD,
+        };
+        Self {
+            tok_emb: EmbeddingConfig::new(vocab.size(), c.dim)
+                .with_initializer(normal)
+                .init(device),
+            pos_emb: Param::from_tensor(Tensor::random(
+                [1, seq_len, c.dim],
+                Distribution::Normal(0.0, INIT_STD),
+                device,
+            )),
+            blocks: (0..c.layers).map(|_| Block::new(c, device)).collect(),
+            norm: LayerNormConfig::new(c.dim).init(device),
+            head: linear(c.dim, vocab.codes, device),
+            drop: DropoutConfig::new(c.dropout).init(),
+            causal: vocab.arch == Arch::Gpt,
+        }
+    }
+
+    /// Token ids `[B, L]` -> code logits `[B, L, K]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [_, l] = tokens.dims();
+        let pos = self.pos_emb.val().narrow(1, 0, l);
+        let mut x = self.drop.forward(self.tok_emb.forward(tokens) + pos);
+        for block in &self.blocks {
+            x = block.forward(x, self.causal);
+        }
+        self.head.forward(self.norm.forward(x))
+    }
+}
