@@ -26,8 +26,91 @@ pub enum Command {
     Encode(EncodeArgs),
     /// Train a class-conditional MaskGIT or GPT transformer on a token file.
     TrainTransformer(TrainTransformerArgs),
+    /// Generate images of chosen classes with a transformer and a decoder (PNGs, grid, .npz).
+    Sample(SampleArgs),
+    /// Teacher-forced GPT analysis: input | reconstruction | predicted tokens, token accuracy.
+    Visualize(VisualizeArgs),
     /// Time training steps of a stage on a device and print img/s and peak memory.
     Bench(BenchArgs),
+}
+
+/// Arguments of `sample`.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Transformer run folder (from `train-transformer`).
+    #[arg(long)]
+    pub transformer: PathBuf,
+    /// Decoder: a phase-2 run (or the phase-1 run) sharing the transformer's encoder/codebook.
+    #[arg(long)]
+    pub decoder: PathBuf,
+    /// Classes: an index, a class (folder) name, a comma list of them, or `all`.
+    #[arg(long, default_value = "0")]
+    pub class: String,
+    /// Images per class.
+    #[arg(long, default_value_t = 16)]
+    pub num: usize,
+    /// Images per device batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Random seed (the same seed gives the same images on the same device).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder: class-C/NNN.png and grid.png.
+    #[arg(long, default_value = "samples")]
+    pub out: PathBuf,
+    /// Also write all images to this .npz (uint8 NHWC `arr_0`, as FID tools read).
+    #[arg(long)]
+    pub npz: Option<PathBuf>,
+    /// Classifier-free guidance scale s: logits = c + s (c - u) (0 = off).
+    #[arg(long = "cfg", default_value_t = 0.0)]
+    pub cfg_scale: f64,
+    /// Sampling temperature of the token draws (0 = argmax).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// MaskGIT: decoding steps.
+    #[arg(long, default_value_t = 12)]
+    pub steps: usize,
+    /// MaskGIT: Gumbel noise on the confidences at the first step (annealed to 0).
+    #[arg(long, default_value_t = 4.5)]
+    pub choice_temperature: f64,
+    /// MaskGIT: how many tokens stay masked after each step.
+    #[arg(long, value_enum, default_value_t = crate::transformer::masking::MaskSchedule::Cosine)]
+    pub schedule: crate::transformer::masking::MaskSchedule,
+    /// GPT: keep only the k most likely codes.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// GPT: keep the smallest set of codes with total probability >= p.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
+}
+
+/// Arguments of `visualize`.
+#[derive(Args, Debug)]
+pub struct VisualizeArgs {
+    /// A GPT run folder (from `train-transformer --arch gpt`).
+    #[arg(long)]
+    pub transformer: PathBuf,
+    /// Tokenizer run (phase 1 or 2) sharing the transformer's encoder/codebook.
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Images (default: the held-out split of builtin:shapes).
+    #[arg(long, default_value = "builtin:shapes:val")]
+    pub data: String,
+    /// Output folder for NNNNN-name.png (input | reconstruction | prediction).
+    #[arg(long, default_value = "visualize")]
+    pub out: PathBuf,
+    /// At most this many images.
+    #[arg(long, default_value_t = 16)]
+    pub limit: usize,
+    /// Images per device batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
 }
 
 /// Arguments of `encode`.
@@ -166,6 +249,9 @@ pub enum BenchStage {
     Decoder,
     /// A transformer training step on random tokens (`--transformer` preset, `--arch`).
     Transformer,
+    /// Token sampling with an untrained transformer (`--transformer`, `--arch`, `--batch`;
+    /// MaskGIT 12 steps, GPT with its KV cache).
+    Sample,
     /// Forward + backward of the perceptual losses `L_sem` and `L_low` alone.
     Perceptual,
 }

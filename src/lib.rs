@@ -8,6 +8,7 @@ pub mod encode;
 pub mod image_io;
 pub mod perceptual;
 pub mod reconstruct;
+pub mod sample;
 pub mod tokenizer;
 pub mod train;
 pub mod transformer;

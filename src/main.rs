@@ -8,8 +8,11 @@ use seqgan::cli::{BenchStage, Cli, Command};
 use seqgan::config::{self, RunKind, TokenizerRunConfig};
 use seqgan::encode;
 use seqgan::reconstruct;
+use seqgan::sample;
 use seqgan::tokenizer::TrainedTokenizer;
 use seqgan::train::{bench, decoder, tokenizer, transformer};
+use seqgan::transformer::TrainedTransformer;
+use seqgan::transformer::sampling::{GptOptions, MaskgitOptions};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -134,6 +137,53 @@ fn run() -> Result<()> {
             install_ctrlc();
             transformer::train_resolved(resolved, &device, &STOP)?;
         }
+        Command::Sample(a) => {
+            let device = seqgan::device::open(a.device)?;
+            let tr = TrainedTransformer::load(&a.transformer, &device)?;
+            let dec = TrainedTokenizer::load(&a.decoder, &device)?;
+            eprintln!(
+                "transformer: {}\ndecoder: {}",
+                tr.describe(),
+                dec.describe()
+            );
+            let opts = sample::SampleOptions {
+                classes: sample::parse_classes(&a.class, tr.class_names())?,
+                num: a.num,
+                batch: a.batch,
+                seed: a.seed,
+                cfg_scale: a.cfg_scale,
+                maskgit: MaskgitOptions {
+                    steps: a.steps,
+                    temperature: a.temperature,
+                    choice_temperature: a.choice_temperature,
+                    schedule: a.schedule,
+                },
+                gpt: GptOptions {
+                    temperature: a.temperature,
+                    top_k: a.top_k,
+                    top_p: a.top_p,
+                    use_cache: true,
+                },
+            };
+            sample::sample(&tr, &dec, &opts, &a.out, None, &device)?;
+            if a.npz.is_some() {
+                bail!("--npz is not available yet");
+            }
+        }
+        Command::Visualize(a) => {
+            let device = seqgan::device::open(a.device)?;
+            let tr = TrainedTransformer::load(&a.transformer, &device)?;
+            let tok = TrainedTokenizer::load(&a.tokenizer, &device)?;
+            let acc =
+                sample::visualize(&tr, &tok, &a.data, &a.out, Some(a.limit), a.batch, &device)?;
+            let mean = acc.iter().map(|(_, a)| a).sum::<f64>() / acc.len().max(1) as f64;
+            println!(
+                "token accuracy {mean:.3} over {} images ({} -> {})",
+                acc.len(),
+                a.data,
+                a.out.display()
+            );
+        }
         Command::Bench(a) => {
             let cfg: TokenizerRunConfig = config::resolve(Some(&a.config), &a.sets)?;
             let device = seqgan::device::open(a.device)?;
@@ -148,6 +198,21 @@ fn run() -> Result<()> {
                         bail!("--tokens takes SIDE CODES CLASSES");
                     };
                     bench::bench_transformer(
+                        tcfg,
+                        [side, codes, classes],
+                        a.batch,
+                        &device,
+                        a.steps,
+                        a.warmup,
+                    )?;
+                }
+                BenchStage::Sample => {
+                    let mut tcfg = transformer::new_config(&a.transformer, &[])?;
+                    tcfg.arch = a.arch;
+                    let [side, codes, classes] = a.tokens[..] else {
+                        bail!("--tokens takes SIDE CODES CLASSES");
+                    };
+                    bench::bench_sampling(
                         tcfg,
                         [side, codes, classes],
                         a.batch,

@@ -211,3 +211,67 @@ pub fn bench_transformer(
     println!("  {:.0} tokens/s", tok / secs);
     Ok(tok / secs)
 }
+
+/// Token sampling with an untrained transformer of a preset: MaskGIT (12 steps) or GPT (KV
+/// cache), `batch` maps per call, `[side, codes, classes]` token layout. Prints maps/s.
+pub fn bench_sampling(
+    mut cfg: TransformerRunConfig,
+    [side, codes, classes]: [usize; 3],
+    batch: usize,
+    device: &Device,
+    calls: usize,
+    warmup: usize,
+) -> Result<f64> {
+    use crate::transformer::masking::MaskSchedule;
+    use crate::transformer::sampling::{GptOptions, MaskgitOptions, Sampler};
+    cfg.tokens.header.codebook_size = codes;
+    cfg.tokens.header.h = side;
+    cfg.tokens.header.w = side;
+    cfg.tokens.header.class_names = (0..classes).map(|c| c.to_string()).collect();
+    cfg.validate()?;
+    let model = crate::train::transformer::build(&cfg, device);
+    let sampler = Sampler {
+        model: &model,
+        vocab: crate::train::transformer::vocab(&cfg),
+        n: side * side,
+        cfg_scale: 0.0,
+        device: device.clone(),
+    };
+    let mg = MaskgitOptions {
+        steps: 12,
+        temperature: 1.0,
+        choice_temperature: 4.5,
+        schedule: MaskSchedule::Cosine,
+    };
+    let gpt = GptOptions {
+        temperature: 1.0,
+        top_k: None,
+        top_p: None,
+        use_cache: true,
+    };
+    let classes_of: Vec<usize> = (0..batch).map(|i| i % classes.max(1)).collect();
+    let run = |seed: u64| {
+        let t = match cfg.arch {
+            crate::transformer::Arch::Maskgit => sampler.maskgit(&classes_of, &mg, seed, false).0,
+            crate::transformer::Arch::Gpt => sampler.gpt(&classes_of, &gpt, seed),
+        };
+        let _ = t.into_data();
+    };
+    for s in 0..warmup {
+        run(s as u64);
+    }
+    let t0 = Instant::now();
+    for s in 0..calls {
+        run(1000 + s as u64);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let maps = (calls * batch) as f64;
+    println!(
+        "sampling {:?} ({:.1}M params), {side}x{side} tokens, {codes} codes, batch {batch}, {calls} calls (+{warmup} warm-up): {:.2} token maps/s ({:.0} ms per batch)",
+        cfg.arch,
+        model.num_params() as f64 / 1e6,
+        maps / secs,
+        1000.0 * secs / calls as f64
+    );
+    Ok(maps / secs)
+}

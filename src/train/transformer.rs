@@ -121,12 +121,25 @@ pub fn vocab(cfg: &TransformerRunConfig) -> Vocab {
     }
 }
 
-/// A freshly initialised transformer for a run config (seeded by `train.seed`).
+/// Forces every lazily-initialised parameter to draw its initial value now.
+struct Materialise;
+
+impl ModuleVisitor for Materialise {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+}
+
+/// A freshly initialised transformer for a run config (seeded by `train.seed`). Parameters
+/// are materialised here, so the initial weights depend on the seed alone and later random
+/// draws (dropout, sampling noise) do not shift them.
 pub fn build(cfg: &TransformerRunConfig, device: &Device) -> Transformer {
     device.seed(cfg.train.seed);
     let v = vocab(cfg);
     let n = cfg.tokens.header.tokens_per_entry();
-    Transformer::new(&cfg.model, v, v.seq_len(n), device)
+    let model = Transformer::new(&cfg.model, v, v.seq_len(n), device);
+    model.visit(&mut Materialise);
+    model
 }
 
 fn adamw(cfg: &TransformerRunConfig) -> ModuleOptimizer {

@@ -1,6 +1,6 @@
-//! MaskGIT's cosine masking schedule (method.md): in training, `r ~ U(0, 1)` and
+//! MaskGIT's masking schedules (method.md): in training, `r ~ U(0, 1)` and
 //! `ceil(cos(pi/2 r) N)` of the `N` tokens are masked; in sampling, after step `t` of `T`,
-//! `N - floor(N cos(pi/2 (t+1)/T))` tokens are fixed.
+//! `floor(N gamma((t+1)/T))` tokens stay masked (`gamma` = cosine by default).
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -29,16 +29,46 @@ pub fn sample_train_mask(rng: &mut StdRng, n: usize) -> Vec<bool> {
     mask
 }
 
-/// Tokens fixed (unmasked) after sampling step `t` (0-based) of `steps`, out of `n`:
-/// `n - floor(n cos(pi/2 (t+1)/steps))`; all `n` after the last step.
-pub fn fixed_after_step(t: usize, steps: usize, n: usize) -> usize {
-    let ratio = (FRAC_PI_2 * (t + 1) as f64 / steps as f64).cos();
-    let still_masked = (n as f64 * ratio).floor().max(0.0) as usize;
-    if t + 1 >= steps {
-        n
-    } else {
-        n - still_masked.min(n - 1)
+/// How many tokens stay masked as sampling progresses: `gamma(x)` of the fraction `x` of steps
+/// done (1 at the start, 0 at the end).
+#[derive(
+    serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskSchedule {
+    /// `cos(pi/2 x)` (MaskGIT's default).
+    Cosine,
+    /// `1 - x`.
+    Linear,
+    /// `1 - x^2`.
+    Square,
+}
+
+impl MaskSchedule {
+    pub fn gamma(self, x: f64) -> f64 {
+        match self {
+            Self::Cosine => (FRAC_PI_2 * x).cos(),
+            Self::Linear => 1.0 - x,
+            Self::Square => 1.0 - x * x,
+        }
     }
+}
+
+/// Tokens still masked after sampling step `t` (0-based) of `steps`, when `unknown` were
+/// masked before it: `floor(n gamma((t+1)/steps))`, but at least one token is fixed per step
+/// and none stays masked after the last.
+pub fn masked_after_step(
+    schedule: MaskSchedule,
+    t: usize,
+    steps: usize,
+    n: usize,
+    unknown: usize,
+) -> usize {
+    if t + 1 >= steps {
+        return 0;
+    }
+    let planned = (n as f64 * schedule.gamma((t + 1) as f64 / steps as f64)).floor();
+    (planned.max(0.0) as usize).min(unknown.saturating_sub(1))
 }
 
 #[cfg(test)]
@@ -94,14 +124,31 @@ mod tests {
 
     #[test]
     fn sampling_schedule_fixes_everything_at_the_end() {
-        let (n, steps) = (256, 12);
-        let fixed: Vec<usize> = (0..steps).map(|t| fixed_after_step(t, steps, n)).collect();
-        assert!(fixed.windows(2).all(|w| w[0] < w[1]), "{fixed:?}");
-        assert_eq!(fixed[steps - 1], n);
-        assert_eq!(
-            fixed[0],
-            n - (n as f64 * (FRAC_PI_2 / 12.0).cos()).floor() as usize
-        );
-        assert!(fixed[0] >= 1);
+        for schedule in [
+            MaskSchedule::Cosine,
+            MaskSchedule::Linear,
+            MaskSchedule::Square,
+        ] {
+            for (n, steps) in [(256, 12), (16, 12), (4, 8), (64, 1)] {
+                let mut unknown = n;
+                let mut trace = Vec::new();
+                for t in 0..steps {
+                    let next = masked_after_step(schedule, t, steps, n, unknown);
+                    assert!(
+                        next < unknown || unknown == 0,
+                        "{schedule:?} n={n}: no progress"
+                    );
+                    unknown = next;
+                    trace.push(unknown);
+                }
+                assert_eq!(
+                    *trace.last().unwrap(),
+                    0,
+                    "{schedule:?} n={n} steps={steps}"
+                );
+            }
+        }
+        let first = masked_after_step(MaskSchedule::Cosine, 0, 12, 256, 256);
+        assert_eq!(first, (256.0 * (FRAC_PI_2 / 12.0).cos()).floor() as usize);
     }
 }

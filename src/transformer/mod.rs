@@ -5,6 +5,9 @@ pub mod batch;
 pub mod config;
 pub mod masking;
 pub mod model;
+pub mod sampling;
+pub mod trained;
 
 pub use config::{Arch, TransformerRunConfig};
 pub use model::{Transformer, Vocab};
+pub use trained::TrainedTransformer;

@@ -112,6 +112,22 @@ impl Block {
         x + self.drop.forward(h)
     }
 
+    /// One new position `x` `[B, 1, D]` attending to the cached keys/values plus itself.
+    fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let [q, k, v] = self.qkv(x.clone());
+        let (k, v) = match cache.take() {
+            Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let att = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        self.finish(x, att)
+    }
+
     fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
         let [q, k, v] = self.qkv(x.clone());
         let options = AttentionModuleOptions {
@@ -121,6 +137,13 @@ impl Block {
         let att = attention(q, k, v, None, None, options);
         self.finish(x, att)
     }
+}
+
+/// Keys and values of the positions decoded so far, per layer (see [`Transformer::forward_step`]).
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    len: usize,
 }
 
 /// MaskGIT or GPT over token maps.
@@ -157,6 +180,36 @@ impl Transformer {
             drop: DropoutConfig::new(c.dropout).init(),
             causal: vocab.arch == Arch::Gpt,
         }
+    }
+
+    /// Longest input sequence.
+    pub fn max_len(&self) -> usize {
+        self.pos_emb.val().dims()[1]
+    }
+
+    /// Causal decoding with a key/value cache: feeds `tokens` `[B, 1]` at position `pos`
+    /// (positions must arrive in order 0, 1, ...) and returns that position's code logits
+    /// `[B, K]`. Each call costs one position's compute, not the whole prefix.
+    pub fn forward_step(
+        &self,
+        tokens: Tensor<2, Int>,
+        pos: usize,
+        cache: &mut KvCache,
+    ) -> Tensor<2> {
+        assert!(self.causal, "the KV cache is for causal (GPT) models");
+        assert_eq!(cache.len, pos, "positions must be fed in order");
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.blocks.len()];
+        }
+        let b = tokens.dims()[0];
+        let mut x = self.tok_emb.forward(tokens) + self.pos_emb.val().narrow(1, pos, 1);
+        for (block, layer) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward_cached(x, layer);
+        }
+        cache.len += 1;
+        let logits = self.head.forward(self.norm.forward(x));
+        let k = logits.dims()[2];
+        logits.reshape([b, k])
     }
 
     /// Token ids `[B, L]` -> code logits `[B, L, K]`.
