@@ -185,12 +185,9 @@ fn clear_errors() {
         ),
     ];
     for (args, needles) in cases {
-        let mut args = args;
-        args.extend(["--device", "cpu"]);
-        let err = run_err(&args);
-        for needle in needles {
-            assert!(err.contains(needle), "{args:?}: `{needle}` not in: {err}");
-        }
+        let err = run_err(&[args.as_slice(), &["--device", "cpu"]].concat());
+        let missing: Vec<_> = needles.iter().filter(|n| !err.contains(**n)).collect();
+        assert!(missing.is_empty(), "{args:?}: {missing:?} not in: {err}");
     }
 }
 

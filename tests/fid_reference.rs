@@ -8,8 +8,11 @@ mod common;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use seqgan::eval::fid::{Moments, Stats, frechet_distance};
-use seqgan::eval::inception::{DEFAULT_WEIGHTS, FidInception, InputRange, resize_299};
+use seqgan::eval::inception::{
+    DEFAULT_WEIGHTS, FETCH_SCRIPT, FidInception, InputRange, resize_299,
+};
 use seqgan::eval::linalg::Mat;
+use seqgan::perceptual::WeightFile;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -96,27 +99,14 @@ fn frechet_from_samples_matches_reference() {
             close(&format!("{name} mu1[{k}]"), a.mu[k], f(want), 1e-12, 1e-13);
         }
         let fr = frechet_distance(&a, &b).unwrap();
-        close(
-            &format!("{name} |mu1-mu2|^2"),
-            fr.mean_term,
-            f(&case["mean_diff_sq"]),
-            1e-12,
-            1e-13,
-        );
-        close(
-            &format!("{name} tr S1"),
-            fr.trace1,
-            f(&case["trace_sigma1"]),
-            1e-12,
-            0.0,
-        );
-        close(
-            &format!("{name} tr S2"),
-            fr.trace2,
-            f(&case["trace_sigma2"]),
-            1e-12,
-            0.0,
-        );
+        let parts = [
+            ("|mu1-mu2|^2", fr.mean_term, "mean_diff_sq", 1e-13),
+            ("tr S1", fr.trace1, "trace_sigma1", 0.0),
+            ("tr S2", fr.trace2, "trace_sigma2", 0.0),
+        ];
+        for (what, got, key, abs) in parts {
+            close(&format!("{name} {what}"), got, f(&case[key]), 1e-12, abs);
+        }
         let (rel, abs) = tolerance(name);
         let want = f(&case["fid"]);
         close(&format!("{name} fid"), fr.fid, want, rel, abs);
@@ -140,23 +130,15 @@ fn frechet_from_moments_matches_closed_forms() {
         let a = given(&case["mu1"], &case["sigma1"]);
         let b = given(&case["mu2"], &case["sigma2"]);
         let fr = frechet_distance(&a, &b).unwrap();
-        close(
-            &format!("{name} tr sqrtm"),
-            fr.trace_sqrt,
-            f(&case["trace_sqrtm_product"]),
-            1e-13,
-            0.0,
-        );
-        close(
-            &format!("{name} fid"),
-            fr.fid,
-            f(&case["fid_closed_form"]),
-            1e-13,
-            0.0,
-        );
-        // The distance is symmetric.
         let back = frechet_distance(&b, &a).unwrap();
-        close(&format!("{name} symmetric"), back.fid, fr.fid, 1e-13, 0.0);
+        let checks = [
+            ("tr sqrtm", fr.trace_sqrt, f(&case["trace_sqrtm_product"])),
+            ("fid", fr.fid, f(&case["fid_closed_form"])),
+            ("fid(b, a)", back.fid, f(&case["fid_closed_form"])),
+        ];
+        for (what, got, want) in checks {
+            close(&format!("{name} {what}"), got, want, 1e-13, 0.0);
+        }
     }
 }
 
@@ -234,14 +216,15 @@ fn resize_matches_torch_interpolate() {
         assert_eq!(y.dims(), [1, 3, 299, 299]);
         let v = values(y);
         let (sum, mean, _) = stats_of(&v);
-        close(&format!("{name} resized sum"), sum, f(&r["sum"]), 1e-6, 0.0);
-        close(
-            &format!("{name} resized mean"),
-            mean,
-            f(&r["mean"]),
-            1e-6,
-            0.0,
-        );
+        for (what, got) in [("sum", sum), ("mean", mean)] {
+            close(
+                &format!("{name} resized {what}"),
+                got,
+                f(&r[what]),
+                1e-6,
+                0.0,
+            );
+        }
         let runs = [
             ("first8", 0),
             ("at_c0_h100_w0_to_7", 100 * 299),
@@ -365,4 +348,71 @@ fn pool3_features_match_reference() {
         fr.fid,
         f(&case["fid"])
     );
+}
+
+#[test]
+fn fc_layer_gives_unbiased_logits() {
+    // pytorch-fid's file layout: our tensors plus bn.weight (gamma = 1) and a 1008-way fc.
+    let device = Device::flex();
+    let base = WeightFile::read(&inception_weights(), FETCH_SCRIPT).unwrap();
+    let mut tensors = base.tensors().clone();
+    let gammas: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(".bn.bias").map(|p| format!("{p}.bn.weight")))
+        .collect();
+    for key in gammas {
+        let n = tensors[&key.replace(".bn.weight", ".bn.bias")].shape()[0];
+        tensors.insert(key, TensorData::new(vec![1.0f32; n], [n]));
+    }
+    let (classes, dim) = (1008, 2048);
+    let w: Vec<f32> = (0..classes * dim)
+        .map(|i| ((i % 7919) as f32 * 0.37).sin() * 0.05)
+        .collect();
+    tensors.insert(
+        "fc.weight".into(),
+        TensorData::new(w.clone(), [classes, dim]),
+    );
+    tensors.insert(
+        "fc.bias".into(),
+        TensorData::new(vec![3.0f32; classes], [classes]),
+    );
+    let net = FidInception::load(
+        &WeightFile::from_tensors("pytorch-fid-layout", tensors),
+        &device,
+    )
+    .unwrap();
+    assert!(net.has_logits());
+    assert_eq!(net.classes(), Some(1008));
+    let x = Tensor::from_data(
+        TensorData::new(png01("img1_chelsea_64.png", false), [1, 3, 64, 64]),
+        &device,
+    );
+    let out = net.forward(x);
+    let pool3: Vec<f32> = out.pool3.into_data().convert::<f32>().try_to_vec().unwrap();
+    // gamma = 1 read from the file changes nothing.
+    check_features(
+        "img1 (with bn.weight)",
+        &pool3,
+        &fixture_json("inception_reference.json")["features"]["img1"],
+    );
+    let logits: Vec<f32> = out
+        .logits
+        .expect("logits with an fc layer")
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
+    assert_eq!(logits.len(), classes);
+    for c in (0..classes).step_by(97) {
+        let want: f64 = (0..dim)
+            .map(|j| pool3[j] as f64 * w[c * dim + j] as f64)
+            .sum();
+        close(
+            &format!("logit {c} (no bias)"),
+            logits[c] as f64,
+            want,
+            1e-4,
+            1e-5,
+        );
+    }
 }

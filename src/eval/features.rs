@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use super::fid::{InceptionScore, Moments, Stats};
+use super::host_f32;
 use super::inception::{FEATURE_DIM, FidInception};
 use super::npz::{self, NpzImages};
 use crate::data::Dataset;
@@ -216,20 +217,9 @@ impl FeatureSink {
     pub fn add(&mut self, net: &FidInception, x: Tensor<4>, prepared: bool) {
         let x = if prepared { x } else { net.prepare(x) };
         let out = net.forward_prepared(x, self.score.is_some());
-        let feats: Vec<f32> = out
-            .pool3
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .expect("f32 features");
-        self.moments.add(&feats);
+        self.moments.add(&host_f32(out.pool3));
         if let (Some(score), Some(logits)) = (&mut self.score, out.logits) {
-            let l: Vec<f32> = logits
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .expect("f32 logits");
-            score.add_logits(&l);
+            score.add_logits(&host_f32(logits));
         }
     }
 }

@@ -79,20 +79,8 @@ impl Moments {
             }
         }
         // outer += C^T C, C the centred batch (b x d).
-        let c = View {
-            data: &self.centred,
-            rows: b,
-            cols: d,
-            rs: d,
-            cs: 1,
-        };
-        let ct = View {
-            data: &self.centred,
-            rows: d,
-            cols: b,
-            rs: 1,
-            cs: d,
-        };
+        let c = View::new(&self.centred, b, d, d, 1);
+        let ct = View::new(&self.centred, d, b, 1, d);
         gemm_into(&mut self.outer, d, true, ct, c, 1.0);
         self.n += b as u64;
     }

@@ -26,6 +26,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use clap::ValueEnum;
 use std::path::Path;
 
+use super::host_f32;
 use crate::perceptual::WeightFile;
 
 /// The script that makes the default weights file.
@@ -87,14 +88,13 @@ impl ConvBn {
         device: &Device,
     ) -> Result<Self> {
         let out = shape[0];
+        // Shape-checked reads (errors name the file and key), folded on the host.
+        let cpu = Device::flex();
         let host = |key: &str, dims: &[usize]| -> Result<Vec<f32>> {
-            let t = match dims.len() {
-                1 => file.get::<1>(key, [dims[0]], &Device::flex())?.into_data(),
-                _ => file
-                    .get::<4>(key, [dims[0], dims[1], dims[2], dims[3]], &Device::flex())?
-                    .into_data(),
-            };
-            Ok(t.convert::<f32>().try_to_vec::<f32>().expect("f32 weights"))
+            Ok(match dims.len() {
+                1 => host_f32(file.get::<1>(key, [dims[0]], &cpu)?),
+                _ => host_f32(file.get::<4>(key, [dims[0], dims[1], dims[2], dims[3]], &cpu)?),
+            })
         };
         let w = host(&format!("{name}.conv.weight"), &shape)?;
         let beta = host(&format!("{name}.bn.bias"), &[out])?;
@@ -567,4 +567,62 @@ pub fn resize_299(x: Tensor<4>) -> Tensor<4> {
             .with_align_corners(false)
             .with_output_size([INPUT_SIZE, INPUT_SIZE]),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn folded_batch_norm_matches_conv_then_batch_norm() {
+        let device = Device::flex();
+        let (o, i, k) = (3, 2, 3);
+        let vals = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|j| ((j as f32 + seed) * 1.7).sin()).collect()
+        };
+        let w = vals(o * i * k * k, 0.1);
+        let gamma = vec![0.5f32, 2.0, -1.0];
+        let beta = vec![0.1f32, -0.2, 0.3];
+        let mean = vec![0.05f32, -0.1, 0.2];
+        let var = vec![0.9f32, 0.01, 2.5];
+        let mut t = BTreeMap::new();
+        t.insert(
+            "c.conv.weight".into(),
+            TensorData::new(w.clone(), [o, i, k, k]),
+        );
+        for (name, v) in [
+            ("weight", &gamma),
+            ("bias", &beta),
+            ("running_mean", &mean),
+            ("running_var", &var),
+        ] {
+            t.insert(format!("c.bn.{name}"), TensorData::new(v.clone(), [o]));
+        }
+        let file = WeightFile::from_tensors("test", t);
+        let conv = ConvBn::load(&file, "c", [o, i, k, k], 2, [1, 0], &device).unwrap();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vals(2 * i * 7 * 6, 3.0), [2, i, 7, 6]),
+            &device,
+        );
+        let got: Vec<f32> = conv.forward(x.clone()).into_data().try_to_vec().unwrap();
+        // Reference: plain conv (stride 2, padding (1, 0)), then BN with eps 1e-3, then ReLU.
+        let opts = ConvOptions::new([2, 2], [1, 0], [1, 1], 1);
+        let y = conv2d(
+            x,
+            Tensor::from_data(TensorData::new(w, [o, i, k, k]), &device),
+            None,
+            opts,
+        );
+        let p = |v: &Vec<f32>| {
+            Tensor::<1>::from_data(TensorData::new(v.clone(), [o]), &device).reshape([1, o, 1, 1])
+        };
+        let bn = (y - p(&mean)) / (p(&var) + BN_EPS).sqrt() * p(&gamma) + p(&beta);
+        let want: Vec<f32> = relu(bn).into_data().try_to_vec().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+        assert!(want.iter().any(|v| *v > 0.0) && want.contains(&0.0));
+    }
 }

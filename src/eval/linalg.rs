@@ -62,23 +62,11 @@ impl Mat {
     }
 
     fn view(&self) -> View<'_> {
-        View {
-            data: &self.data,
-            rows: self.rows,
-            cols: self.cols,
-            rs: self.cols,
-            cs: 1,
-        }
+        View::new(&self.data, self.rows, self.cols, self.cols, 1)
     }
 
     fn view_t(&self) -> View<'_> {
-        View {
-            data: &self.data,
-            rows: self.cols,
-            cols: self.rows,
-            rs: 1,
-            cs: self.cols,
-        }
+        View::new(&self.data, self.cols, self.rows, 1, self.cols)
     }
 
     /// `op(self) * op(other)`, where `op` transposes when the flag is set.
@@ -110,7 +98,23 @@ pub(crate) struct View<'a> {
     pub cs: usize,
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
+    /// `rows x cols` with row stride `rs` and column stride `cs`.
+    pub fn new(data: &'a [f64], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// A contiguous column vector.
+    pub fn column(data: &'a [f64]) -> Self {
+        Self::new(data, data.len(), 1, 1, 1)
+    }
+
     fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
@@ -210,20 +214,8 @@ pub fn pivoted_cholesky(a: &Mat, tol: f64) -> Mat {
             // Column j of the Schur complement: w[:, j] - L[:, p0..k] L[j, p0..k]^T.
             col.copy_from_slice(&w[j * n..(j + 1) * n]);
             if k > p0 {
-                let lhs = View {
-                    data: &l[p0..],
-                    rows: n,
-                    cols: k - p0,
-                    rs: n,
-                    cs: 1,
-                };
-                let rhs = View {
-                    data: &l[j * n + p0..],
-                    rows: k - p0,
-                    cols: 1,
-                    rs: 1,
-                    cs: 1,
-                };
+                let lhs = View::new(&l[p0..], n, k - p0, n, 1);
+                let rhs = View::new(&l[j * n + p0..], k - p0, 1, 1, 1);
                 gemm_into(&mut col, 1, true, lhs, rhs, -1.0);
             }
             let s = dj.sqrt();
@@ -247,20 +239,8 @@ pub fn pivoted_cholesky(a: &Mat, tol: f64) -> Mat {
             break 'panels;
         }
         let kb = k - p0;
-        let lhs = View {
-            data: &l[p0..],
-            rows: n,
-            cols: kb,
-            rs: n,
-            cs: 1,
-        };
-        let rhs = View {
-            data: &l[p0..],
-            rows: kb,
-            cols: n,
-            rs: 1,
-            cs: n,
-        };
+        let lhs = View::new(&l[p0..], n, kb, n, 1);
+        let rhs = View::new(&l[p0..], kb, n, 1, n);
         gemm_into(&mut w, n, true, lhs, rhs, -1.0);
     }
     let rank = k;
@@ -312,20 +292,8 @@ fn tridiagonalize(a: &Mat) -> (Vec<f64>, Vec<f64>) {
         // B = A[k+1.., k+1..]; p = tau B v; w = p - (tau/2)(p.v) v; B -= v w^T + w v^T.
         let off = (k + 1) * n + k + 1;
         {
-            let b = View {
-                data: &m[off..],
-                rows: len,
-                cols: len,
-                rs: n,
-                cs: 1,
-            };
-            let vv = View {
-                data: &v[..len],
-                rows: len,
-                cols: 1,
-                rs: 1,
-                cs: 1,
-            };
+            let b = View::new(&m[off..], len, len, n, 1);
+            let vv = View::column(&v[..len]);
             gemm_into(&mut p[..len], 1, false, b, vv, tau);
         }
         let kk = 0.5
@@ -342,20 +310,8 @@ fn tridiagonalize(a: &Mat) -> (Vec<f64>, Vec<f64>) {
             wv[i] = w;
             wv[len + i] = v[i];
         }
-        let lhs = View {
-            data: &vw[..2 * len],
-            rows: len,
-            cols: 2,
-            rs: 2,
-            cs: 1,
-        };
-        let rhs = View {
-            data: &wv[..2 * len],
-            rows: 2,
-            cols: len,
-            rs: len,
-            cs: 1,
-        };
+        let lhs = View::new(&vw[..2 * len], len, 2, 2, 1);
+        let rhs = View::new(&wv[..2 * len], 2, len, len, 1);
         gemm_into(&mut m[off..], n, true, lhs, rhs, -1.0);
     }
     match n {

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use super::features::FeatureSink;
 use super::fid::frechet_distance;
+use super::host_f32;
 use super::inception::{FidInception, InputRange};
 use super::metrics::{CodeUsage, psnr, ssim};
 use crate::config::{LogitMode, PerceptualConfig, RunKind};
@@ -42,13 +43,6 @@ pub struct EvalOptions<'a> {
 /// 8-bit quantisation of `[-1, 1]` images, returned in [0, 1].
 fn to_8bit_01(x: Tensor<4>) -> Tensor<4> {
     ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 255.0
-}
-
-fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .expect("f32 values")
 }
 
 /// Runs the evaluation; returns the metrics record (also what `--out` gets).
@@ -112,23 +106,23 @@ pub fn eval_tokenizer(run: &Path, opts: &EvalOptions, device: &Device) -> Result
             .into_data()
             .convert::<i64>()
             .try_to_vec()
-            .expect("int indices");
+            .expect("ints");
         usage.add(&codes);
         let a = to_8bit_01(x);
         let b = to_8bit_01(x_hat);
-        for v in host(psnr(a.clone(), b.clone())) {
+        for v in host_f32(psnr(a.clone(), b.clone())) {
             if v.is_finite() {
                 psnr_sum += v as f64;
             } else {
                 identical += 1;
             }
         }
-        ssim_sum += host(ssim(a.clone(), b.clone())?)
+        ssim_sum += host_f32(ssim(a.clone(), b.clone())?)
             .iter()
             .map(|v| *v as f64)
             .sum::<f64>();
         let lp = perceptual.lpips(a.clone() * 2.0 - 1.0, b.clone() * 2.0 - 1.0)?;
-        lpips_sum += host(lp).iter().map(|v| *v as f64).sum::<f64>();
+        lpips_sum += host_f32(lp).iter().map(|v| *v as f64).sum::<f64>();
         real.add(&net, a, false);
         recon.add(&net, b, false);
         n += take;
