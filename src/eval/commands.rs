@@ -123,7 +123,7 @@ pub fn fid(a: &FidArgs) -> Result<()> {
     let t0 = Instant::now();
     let f = frechet_distance(&stats[0], &stats[1])?;
     eprintln!(
-        "Fréchet distance in {:.1} s: {:.6e} = |mu1-mu2|^2 {:.4} + tr S1 {:.4} + tr S2 {:.4} - 2 \
+        "Fréchet distance in {:.1} s: {:.10} = |mu1-mu2|^2 {:.4} + tr S1 {:.4} + tr S2 {:.4} - 2 \
          tr sqrt(S1 S2) {:.4} (rank of S1: {})",
         t0.elapsed().as_secs_f64(),
         f.fid,

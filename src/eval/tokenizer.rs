@@ -195,10 +195,11 @@ pub fn table(m: &Value) -> String {
         ("perplexity", num("perplexity")),
     ];
     let mut out = format!(
-        "{} images at {}x{} ({} at step {})\n",
+        "{} images at {}x{} (phase {}, {} at step {})\n",
         m["images"],
         m["resolution"],
         m["resolution"],
+        m["phase"],
         m["weights"].as_str().unwrap_or("?"),
         m["step"]
     );
