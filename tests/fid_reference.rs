@@ -286,47 +286,46 @@ fn network_alone_matches_reference() {
     println!("network alone: max abs error over 2048 values {worst:.1e}");
 }
 
-#[test]
-fn pool3_features_match_reference() {
-    let device = Device::flex();
+/// pool3 features of `inputs` run as one batch (each resized on its own first: the sizes differ),
+/// checked against `reference[section][name]`; returns all features.
+fn check_batch(
+    net: &FidInception,
+    inputs: &[(&'static str, Tensor<4>)],
+    section: &str,
+    label: &str,
+) -> Vec<f32> {
     let reference = fixture_json("inception_reference.json");
-    let net = FidInception::open(&inception_weights(), &device).unwrap();
-    let inputs = pipeline_inputs(&device);
-    // One batch: images of different sizes are resized one by one, then run together.
-    let names: Vec<&str> = inputs.iter().map(|(n, _)| *n).collect();
-    let batch = Tensor::cat(inputs.into_iter().map(|(_, x)| net.prepare(x)).collect(), 0);
-    let out = net.forward_prepared(batch, false);
-    let v: Vec<f32> = out.pool3.into_data().convert::<f32>().try_to_vec().unwrap();
-    for (i, name) in names.iter().enumerate() {
-        let worst = check_features(
-            name,
-            &v[i * 2048..(i + 1) * 2048],
-            &reference["features"][*name],
-        );
-        println!("{name}: max abs error over 2048 values {worst:.1e}");
-    }
-    // pytorch-fid's input range (2x - 1): summaries only in the fixture.
-    let net = net.with_range(InputRange::PytorchFid);
-    let inputs: Vec<_> = pipeline_inputs(&device).into_iter().take(4).collect();
     let batch = Tensor::cat(
         inputs.iter().map(|(_, x)| net.prepare(x.clone())).collect(),
         0,
     );
-    let pt: Vec<f32> = net
-        .forward_prepared(batch, false)
-        .pool3
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .unwrap();
+    let out = net.forward_prepared(batch, false);
+    let v: Vec<f32> = out.pool3.into_data().convert::<f32>().try_to_vec().unwrap();
     for (i, (name, _)) in inputs.iter().enumerate() {
         let worst = check_features(
-            &format!("{name} (pytorch-fid range)"),
-            &pt[i * 2048..(i + 1) * 2048],
-            &reference["features_pytorch_fid_range"][*name],
+            &format!("{name} ({label})"),
+            &v[i * 2048..(i + 1) * 2048],
+            &reference[section][*name],
         );
-        println!("{name} (pytorch-fid range): max abs error over first16 {worst:.1e}");
+        println!("{name} ({label}): max abs error {worst:.1e}");
     }
+    v
+}
+
+#[test]
+fn pool3_features_match_reference() {
+    let device = Device::flex();
+    let net = FidInception::open(&inception_weights(), &device).unwrap();
+    let v = check_batch(&net, &pipeline_inputs(&device), "features", "cpu");
+    // pytorch-fid's input range (2x - 1): summaries (first 16 values) only in the fixture.
+    let net = net.with_range(InputRange::PytorchFid);
+    let inputs: Vec<_> = pipeline_inputs(&device).into_iter().take(4).collect();
+    check_batch(
+        &net,
+        &inputs,
+        "features_pytorch_fid_range",
+        "pytorch-fid range",
+    );
     // The same features, as the fixture's Fréchet case saw them.
     let frechet = fixture_json("frechet_reference.json");
     let case = &frechet["cases_from_samples"][3];
@@ -415,4 +414,16 @@ fn fc_layer_gives_unbiased_logits() {
             1e-5,
         );
     }
+}
+
+#[test]
+fn wgpu_features_match_reference() {
+    // The GPU code path of the resize, the TF pooling quirks and the convs (lavapipe in CI).
+    let Some(gpu) = wgpu_device() else { return };
+    let net = FidInception::open(&inception_weights(), &gpu).unwrap();
+    let inputs: Vec<_> = pipeline_inputs(&gpu)
+        .into_iter()
+        .filter(|(name, _)| ["img0", "synthetic"].contains(name))
+        .collect();
+    check_batch(&net, &inputs, "features", "wgpu");
 }
