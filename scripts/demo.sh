@@ -8,6 +8,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seqgan-target}"
 device=${DEVICE:-cpu}
 [ "$device" = cpu ] && export BURN_DEVICE=flex
 ./scripts/fetch-vgg16.sh
+./scripts/fetch-inception.sh
 cargo build --locked
 seqgan="$CARGO_TARGET_DIR/debug/seqgan"
 
@@ -44,4 +45,10 @@ echo "phase-2 grid (inputs / phase 1 / phase 2): $(ls "$dec"/samples/*.png | tai
 for run in "$tok" "$dec"; do
   "$seqgan" reconstruct --device "$device" --tokenizer "$run" --limit 64 \
     --out "runs/reconstructions/$(basename "$run")" | tail -1
+done
+
+# Evaluation of both phases on held-out images: PSNR, SSIM, LPIPS, rFID, codebook usage.
+for run in "$tok" "$dec"; do
+  "$seqgan" eval-tokenizer --device "$device" --tokenizer "$run" --data builtin:shapes:val \
+    --limit 64 --batch 16
 done

@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 use crate::device::DeviceChoice;
+use crate::eval::inception::{DEFAULT_WEIGHTS, InputRange};
 
 /// SeQ-GAN: semantic-enhanced VQ tokenizers and generative transformers, in one binary.
 #[derive(Parser, Debug)]
@@ -32,6 +33,103 @@ pub enum Command {
     Visualize(VisualizeArgs),
     /// Time training steps of a stage on a device and print img/s and peak memory.
     Bench(BenchArgs),
+    /// FID Inception statistics (pool3 mean and covariance, float64) of an image set, saved as
+    /// an .npz with `mu` and `sigma` (readable by pytorch-fid and the ADM evaluator).
+    FidStats(FidStatsArgs),
+    /// FID between two image sets (folders, .npz samples or statistics files), and the
+    /// Inception Score of each image set when the weights have the fc layer.
+    Fid(FidArgs),
+    /// Reconstruction metrics of a trained tokenizer over validation images: PSNR, SSIM, LPIPS,
+    /// rFID, codebook usage and perplexity (a table, and JSON).
+    EvalTokenizer(EvalTokenizerArgs),
+}
+
+/// The FID Inception network and how images are fed to it.
+#[derive(Args, Debug)]
+pub struct InceptionArgs {
+    /// FID Inception weights: our safetensors (made by scripts/fetch-inception.sh; no fc layer)
+    /// or pytorch-fid's pt_inception-2015-12-05-6726825d.pth (with the fc layer, adds the
+    /// Inception Score).
+    #[arg(long, visible_alias = "inception-weights", default_value = DEFAULT_WEIGHTS)]
+    pub weights: PathBuf,
+    /// Network input normalisation of [0, 1] images: `tf` = (u8 - 128)/128 (the TF graph's own,
+    /// as the ADM evaluator feeds it) or `pytorch-fid` = 2x - 1.
+    #[arg(long, value_enum, default_value_t = InputRange::Tf)]
+    pub range: InputRange,
+    /// Images per network forward.
+    #[arg(long, default_value_t = 50)]
+    pub batch: usize,
+    /// Image decoding threads.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
+    pub device: DeviceChoice,
+}
+
+/// How a folder of images is read for FID.
+#[derive(Args, Debug)]
+pub struct ImageSetArgs {
+    /// Resize each folder image's shorter side to N and centre-crop NxN first (the data
+    /// pipeline's evaluation transform); by default each image is used whole at its own size
+    /// (and, like pytorch-fid, resized to 299x299). Required for `builtin:*` sets.
+    #[arg(long, value_name = "N")]
+    pub res: Option<usize>,
+    /// Number of images of a `builtin:*` set.
+    #[arg(long, default_value_t = 10000)]
+    pub builtin_len: usize,
+}
+
+/// Arguments of `fid-stats`.
+#[derive(Args, Debug)]
+pub struct FidStatsArgs {
+    /// Images: an ImageFolder (`root/<class>/<image>` or a flat folder), `builtin:shapes[:val]`,
+    /// or an .npz whose `arr_0` is uint8 [N, H, W, 3] (the ADM evaluator's sample format).
+    pub source: String,
+    /// Output .npz (`mu` (2048,), `sigma` (2048, 2048) float64, `n`).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub images: ImageSetArgs,
+    #[command(flatten)]
+    pub inception: InceptionArgs,
+}
+
+/// Arguments of `fid`.
+#[derive(Args, Debug)]
+pub struct FidArgs {
+    /// First set: an image folder, `builtin:*`, an .npz of samples (`arr_0`) or a statistics
+    /// .npz (`mu`, `sigma`, e.g. from `fid-stats`, pytorch-fid or an ADM reference batch).
+    pub a: String,
+    /// Second set (same forms).
+    pub b: String,
+    #[command(flatten)]
+    pub images: ImageSetArgs,
+    #[command(flatten)]
+    pub inception: InceptionArgs,
+}
+
+/// Arguments of `eval-tokenizer`.
+#[derive(Args, Debug)]
+pub struct EvalTokenizerArgs {
+    /// Tokenizer run folder, phase 1 or phase 2 (its latest checkpoint is evaluated, with the
+    /// EMA weights when the run kept them).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Validation images: an ImageFolder or `builtin:shapes:val`.
+    #[arg(long)]
+    pub data: String,
+    /// Evaluate only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// VGG-16 weights with the LPIPS heads (made by scripts/fetch-vgg16.sh).
+    #[arg(long, default_value = "weights/vgg16.safetensors")]
+    pub vgg_weights: PathBuf,
+    /// Metrics JSON to write (default: `<run>/eval-step-N.json`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub inception: InceptionArgs,
 }
 
 /// Arguments of `sample`.
@@ -254,6 +352,8 @@ pub enum BenchStage {
     Sample,
     /// Forward + backward of the perceptual losses `L_sem` and `L_low` alone.
     Perceptual,
+    /// Forward of the FID Inception network (299x299, `--batch` images).
+    Inception,
 }
 
 /// Arguments of `bench`.
@@ -277,7 +377,7 @@ pub struct BenchArgs {
     /// Image side for the perceptual stage.
     #[arg(long, default_value_t = 64)]
     pub res: usize,
-    /// Batch size for the perceptual and transformer stages.
+    /// Batch size for the perceptual, transformer and inception stages.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Transformer stage: preset (tiny, base, large) or JSON file.
@@ -289,6 +389,9 @@ pub struct BenchArgs {
     /// Transformer stage: token grid side, codebook size and classes of the synthetic tokens.
     #[arg(long, num_args = 3, value_names = ["SIDE", "CODES", "CLASSES"], default_values_t = [16, 1024, 1000])]
     pub tokens: Vec<usize>,
+    /// FID Inception weights for the inception stage.
+    #[arg(long, default_value = DEFAULT_WEIGHTS)]
+    pub inception_weights: PathBuf,
     /// Compute device.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
     pub device: DeviceChoice,

@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod encode;
+pub mod eval;
 pub mod image_io;
 pub mod perceptual;
 pub mod reconstruct;

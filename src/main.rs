@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use seqgan::cli::{BenchStage, Cli, Command};
 use seqgan::config::{self, RunKind, TokenizerRunConfig};
 use seqgan::encode;
+use seqgan::eval::commands;
+use seqgan::eval::npz::NpzImageWriter;
 use seqgan::reconstruct;
 use seqgan::sample;
 use seqgan::tokenizer::TrainedTokenizer;
@@ -165,9 +167,27 @@ fn run() -> Result<()> {
                     use_cache: true,
                 },
             };
-            sample::sample(&tr, &dec, &opts, &a.out, None, &device)?;
-            if a.npz.is_some() {
-                bail!("--npz is not available yet");
+            match &a.npz {
+                None => {
+                    sample::sample(&tr, &dec, &opts, &a.out, None, &device)?;
+                }
+                Some(path) => {
+                    let side = dec.cfg.model.resolution;
+                    let total = opts.classes.len() * opts.num;
+                    let mut npz = NpzImageWriter::create(path, total, side, side)?;
+                    let mut push = |images: &[image::RgbImage]| -> Result<()> {
+                        for img in images {
+                            npz.push(img.as_raw())?;
+                        }
+                        Ok(())
+                    };
+                    sample::sample(&tr, &dec, &opts, &a.out, Some(&mut push), &device)?;
+                    npz.finish()?;
+                    eprintln!(
+                        "wrote {total} images to {} (uint8 NHWC arr_0)",
+                        path.display()
+                    );
+                }
             }
         }
         Command::Visualize(a) => {
@@ -183,6 +203,10 @@ fn run() -> Result<()> {
                 a.data,
                 a.out.display()
             );
+        }
+        Command::Bench(a) if a.stage == BenchStage::Inception => {
+            let device = seqgan::device::open(a.device)?;
+            commands::bench_inception(&a.inception_weights, &device, a.batch, a.steps, a.warmup)?;
         }
         Command::Bench(a) => {
             let cfg: TokenizerRunConfig = config::resolve(Some(&a.config), &a.sets)?;
@@ -234,8 +258,12 @@ fn run() -> Result<()> {
                         a.steps,
                     )?;
                 }
+                BenchStage::Inception => unreachable!("handled above"),
             }
         }
+        Command::FidStats(a) => commands::fid_stats(&a)?,
+        Command::Fid(a) => commands::fid(&a)?,
+        Command::EvalTokenizer(a) => commands::eval_tokenizer_cmd(&a)?,
     }
     Ok(())
 }

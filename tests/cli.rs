@@ -341,6 +341,82 @@ fn finetune_decoder_and_reconstruct_from_the_command_line() {
         serde_json::from_str(&std::fs::read_to_string(t.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["kind"], "transformer");
     assert_eq!(cfg["arch"], "gpt");
+    // Samples of every class as PNGs, a grid and an .npz; the teacher-forced visualisation.
+    let smp = tmp.path().join("smp");
+    let npz = tmp.path().join("smp.npz");
+    let (_, stderr) = ok(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--transformer",
+        ts,
+        "--decoder",
+        p2s,
+        "--class",
+        "all",
+        "--num",
+        "2",
+        "--batch",
+        "8",
+        "--top-k",
+        "8",
+        "--out",
+        smp.to_str().unwrap(),
+        "--npz",
+        npz.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("20 images"), "{stderr}");
+    assert!(smp.join("grid.png").exists() && smp.join("class-9/001.png").exists());
+    let arr = seqgan::eval::npz::NpzImages::open(&npz).unwrap();
+    assert_eq!((arr.n, arr.height, arr.width), (20, 32, 32));
+    let first = arr.batches(1).recv().unwrap().unwrap();
+    let png0 = image::open(smp.join("class-0/000.png"))
+        .unwrap()
+        .into_rgb8();
+    assert_eq!(first, png0.into_raw(), "npz image 0 is class-0/000.png");
+    let (stdout, _) = ok(&[
+        "visualize",
+        "--device",
+        "cpu",
+        "--transformer",
+        ts,
+        "--tokenizer",
+        p1s,
+        "--limit",
+        "3",
+        "--out",
+        tmp.path().join("vis").to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("token accuracy") && stdout.contains("3 images"),
+        "{stdout}"
+    );
+    let err = run_err(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--transformer",
+        ts,
+        "--decoder",
+        p2s,
+        "--class",
+        "12",
+    ]);
+    assert!(
+        err.contains("out of range") && err.contains("circle-warm"),
+        "{err}"
+    );
+    let err = run_err(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--transformer",
+        p1s,
+        "--decoder",
+        p2s,
+    ]);
+    assert!(err.contains("expected a Transformer run"), "{err}");
+
     let png = rec.join("psnr.csv");
     let err = run_err(&[
         "train-transformer",

@@ -4,30 +4,11 @@
 
 mod common;
 
-use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use seqgan::config::{self, TokenizerRunConfig};
 use seqgan::perceptual::PerceptualLoss;
 use seqgan::tokenizer::VqModel;
-
-fn wgpu_device() -> Option<Device> {
-    let required = std::env::var("SEQGAN_TEST_WGPU").is_ok_and(|v| v == "1");
-    let probe = std::panic::catch_unwind(|| {
-        let d = Device::wgpu(DeviceKind::DefaultDevice);
-        let _ = Tensor::<1>::zeros([1], &d).into_data();
-        d
-    });
-    match probe {
-        Ok(d) => Some(d),
-        Err(_) if required => panic!("SEQGAN_TEST_WGPU=1 but wgpu found no adapter"),
-        Err(_) => {
-            eprintln!(
-                "no wgpu adapter: wgpu path not checked here (set SEQGAN_TEST_WGPU=1 to require it)"
-            );
-            None
-        }
-    }
-}
 
 #[test]
 fn wgpu_matches_cpu_on_tokenizer_and_perceptual_loss() {

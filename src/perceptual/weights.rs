@@ -1,6 +1,6 @@
-//! Loads VGG-16 (+ LPIPS heads) weights from torchvision's `.pth` or our `.safetensors`, by
-//! torchvision key names, with errors that name the file, the key, the shapes and the script
-//! that fetches the weights.
+//! Loads weights (VGG-16 + LPIPS heads, the FID Inception) from PyTorch `.pth` files or our
+//! `.safetensors`, by PyTorch key names, with errors that name the file, the key, the shapes and
+//! the script that fetches the weights.
 
 use anyhow::{Context, Result, bail};
 use burn::store::{ModuleStore, PytorchStore, SafetensorsStore};
@@ -15,10 +15,12 @@ pub const FETCH_SCRIPT: &str = "scripts/fetch-vgg16.sh";
 pub struct WeightFile {
     path: PathBuf,
     tensors: BTreeMap<String, TensorData>,
+    /// The script named in errors as the way to (re-)create the file.
+    fetch_script: &'static str,
 }
 
 impl WeightFile {
-    /// Reads every tensor of a `.pth` / `.pt` (PyTorch) or `.safetensors` file.
+    /// Reads every tensor of a `.pth` / `.pt` (PyTorch) or `.safetensors` VGG-16 file.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.exists() {
             bail!(
@@ -28,6 +30,12 @@ impl WeightFile {
                 path.display()
             );
         }
+        Self::read(path, FETCH_SCRIPT)
+    }
+
+    /// Reads every tensor of an existing `.pth` / `.pt` / `.safetensors` file; errors about
+    /// missing keys or wrong shapes name `fetch_script`.
+    pub fn read(path: &Path, fetch_script: &'static str) -> Result<Self> {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -65,6 +73,7 @@ impl WeightFile {
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
+            fetch_script,
         })
     }
 
@@ -77,7 +86,14 @@ impl WeightFile {
         Self {
             path: PathBuf::from(source),
             tensors,
+            fetch_script: FETCH_SCRIPT,
         }
+    }
+
+    /// The same tensors, with errors naming `fetch_script`.
+    pub fn with_fetch_script(mut self, fetch_script: &'static str) -> Self {
+        self.fetch_script = fetch_script;
+        self
     }
 
     /// Size of dimension `dim` of tensor `key`.
@@ -113,15 +129,17 @@ impl WeightFile {
     ) -> Result<Tensor<D>> {
         let Some(data) = self.tensors.get(key) else {
             bail!(
-                "{}: missing key `{key}` (expected shape {shape:?}); re-create the file with `{FETCH_SCRIPT}`",
-                self.path.display()
+                "{}: missing key `{key}` (expected shape {shape:?}); re-create the file with `{}`",
+                self.path.display(),
+                self.fetch_script
             );
         };
         let found: Vec<usize> = data.shape().to_vec();
         if found != shape {
             bail!(
-                "{}: key `{key}` has shape {found:?}, expected {shape:?}; re-create the file with `{FETCH_SCRIPT}`",
-                self.path.display()
+                "{}: key `{key}` has shape {found:?}, expected {shape:?}; re-create the file with `{}`",
+                self.path.display(),
+                self.fetch_script
             );
         }
         Ok(Tensor::from_data(data.clone(), device))

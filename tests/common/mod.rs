@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -77,4 +77,25 @@ pub fn f(v: &Value) -> f64 {
 pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The wgpu device, or `None` (with a note) where no adapter exists. CI installs Mesa's software
+/// Vulkan (lavapipe) and sets SEQGAN_TEST_WGPU=1, which turns a missing adapter into a failure.
+pub fn wgpu_device() -> Option<Device> {
+    let required = std::env::var("SEQGAN_TEST_WGPU").is_ok_and(|v| v == "1");
+    let probe = std::panic::catch_unwind(|| {
+        let d = Device::wgpu(DeviceKind::DefaultDevice);
+        let _ = Tensor::<1>::zeros([1], &d).into_data();
+        d
+    });
+    match probe {
+        Ok(d) => Some(d),
+        Err(_) if required => panic!("SEQGAN_TEST_WGPU=1 but wgpu found no adapter"),
+        Err(_) => {
+            eprintln!(
+                "no wgpu adapter: wgpu path not checked here (set SEQGAN_TEST_WGPU=1 to require it)"
+            );
+            None
+        }
+    }
 }
