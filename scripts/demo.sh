@@ -4,32 +4,10 @@
 # stages. Pass DEVICE=wgpu to use the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seqgan-target}"
-device=${DEVICE:-cpu}
-[ "$device" = cpu ] && export BURN_DEVICE=flex
+source scripts/lib.sh
 ./scripts/fetch-vgg16.sh
 ./scripts/fetch-inception.sh
 cargo build --locked
-seqgan="$CARGO_TARGET_DIR/debug/seqgan"
-
-# Runs a training stage into folder $2 with command $1 and arguments $3...; a folder that already
-# holds a run is resumed, or skipped when it reached its train.steps.
-train_stage() {
-  local cmd=$1 dir=$2
-  shift 2
-  if [ -f "$dir/latest.json" ]; then
-    local step steps
-    step=$(python3 -c "import json;print(json.load(open('$dir/latest.json'))['step'])")
-    steps=$(python3 -c "import json;print(json.load(open('$dir/config.json'))['train']['steps'])")
-    if [ "$step" -lt "$steps" ]; then
-      "$seqgan" "$cmd" --device "$device" --resume "$dir"
-    else
-      echo "$cmd done ($dir at step $step)"
-    fi
-  else
-    "$seqgan" "$cmd" --device "$device" --out "$dir" "$@"
-  fi
-}
 
 # Stage 1: phase-1 tokenizer.
 tok=runs/demo-tokenizer
@@ -52,3 +30,20 @@ for run in "$tok" "$dec"; do
   "$seqgan" eval-tokenizer --device "$device" --tokenizer "$run" --data builtin:shapes:val \
     --limit 64 --batch 16
 done
+
+# Stage 3: token maps of the training images (with mirrored copies), computed once.
+tokens=runs/demo-tokens.bin
+if [ -f "$tokens" ]; then
+  echo "encode done ($tokens)"
+else
+  "$seqgan" encode --device "$device" --tokenizer "$tok" --data builtin:shapes --flip --out "$tokens"
+fi
+
+# Stage 4: a class-conditional MaskGIT on the tokens.
+gen=runs/demo-maskgit
+train_stage train-transformer "$gen" --tokens "$tokens" --arch maskgit --config tiny
+
+# Stage 5: 8 samples of every class, decoded by the phase-2 decoder; one grid row per class.
+"$seqgan" sample --device "$device" --transformer "$gen" --decoder "$dec" --class all --num 8 \
+  --seed 0 --out runs/demo-samples
+echo "sample grid (one row per class): runs/demo-samples/grid.png"

@@ -42,6 +42,38 @@ pub enum Command {
     /// Reconstruction metrics of a trained tokenizer over validation images: PSNR, SSIM, LPIPS,
     /// rFID, codebook usage and perplexity (a table, and JSON).
     EvalTokenizer(EvalTokenizerArgs),
+    /// Write IDX images + labels (MNIST / Fashion-MNIST format, .gz ok) as an ImageFolder.
+    ImportIdx(ImportIdxArgs),
+    /// Plot a run's metrics.jsonl (losses, codebook usage, lr, throughput) as a PNG.
+    Plot(PlotArgs),
+}
+
+/// Arguments of `import-idx`.
+#[derive(Args, Debug)]
+pub struct ImportIdxArgs {
+    /// IDX image file `[N, rows, cols]` (e.g. train-images-idx3-ubyte.gz).
+    pub images: PathBuf,
+    /// IDX label file `[N]` (e.g. train-labels-idx1-ubyte.gz).
+    pub labels: PathBuf,
+    /// Output folder; images go to `NN-classname/NNNNN.png`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Class names in label order: `fashion-mnist`, `digits`, or a comma list.
+    #[arg(long, default_value = "digits")]
+    pub classes: String,
+    /// Import at most this many images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// Arguments of `plot`.
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Run folder (any stage) holding metrics.jsonl.
+    pub run: PathBuf,
+    /// Output PNG (default: RUN/curves.png).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// The FID Inception network and how images are fed to it.

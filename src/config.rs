@@ -322,7 +322,7 @@ pub struct FinetuneConfig {
     pub tokenizer: Option<PathBuf>,
     /// Step of the phase-1 checkpoint used.
     pub tokenizer_step: usize,
-    /// Which phase-1 weights were used: `ema` or `model`.
+    /// Which phase-1 weights file was used: `ema.bpk` or `model.bpk`.
     pub tokenizer_weights: String,
     /// Start the discriminator from scratch instead of from phase 1's.
     pub reinit_disc: bool,
@@ -374,6 +374,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../configs/tiny.json")),
     ("small", include_str!("../configs/small.json")),
     ("paper256", include_str!("../configs/paper256.json")),
+    ("fashion32", include_str!("../configs/fashion32.json")),
 ];
 
 /// Built-in phase-2 patches for `finetune-decoder --config NAME`: applied on top of the phase-1

@@ -8,6 +8,7 @@ pub mod encode;
 pub mod eval;
 pub mod image_io;
 pub mod perceptual;
+pub mod plot;
 pub mod reconstruct;
 pub mod sample;
 pub mod tokenizer;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use seqgan::cli::{BenchStage, Cli, Command};
 use seqgan::config::{self, RunKind, TokenizerRunConfig};
+use seqgan::data::idx::{self, FASHION_MNIST};
 use seqgan::encode;
 use seqgan::eval::commands;
 use seqgan::eval::npz::NpzImageWriter;
@@ -204,6 +205,20 @@ fn run() -> Result<()> {
                 a.out.display()
             );
         }
+        Command::ImportIdx(a) => {
+            let names: Vec<String> = match a.classes.as_str() {
+                "fashion-mnist" => FASHION_MNIST.iter().map(|s| s.to_string()).collect(),
+                "digits" => Vec::new(),
+                list => list.split(',').map(|s| s.trim().to_string()).collect(),
+            };
+            let n = idx::import(&a.images, &a.labels, &names, &a.out, a.limit)?;
+            println!("wrote {n} images to {}", a.out.display());
+        }
+        Command::Plot(a) => {
+            let out = a.out.clone().unwrap_or_else(|| a.run.join("curves.png"));
+            let n = seqgan::plot::plot_run(&a.run, &out)?;
+            println!("{n} curves -> {}", out.display());
+        }
         Command::Bench(a) if a.stage == BenchStage::Inception => {
             let device = seqgan::device::open(a.device)?;
             commands::bench_inception(&a.inception_weights, &device, a.batch, a.steps, a.warmup)?;
@@ -215,28 +230,18 @@ fn run() -> Result<()> {
                 BenchStage::Tokenizer => {
                     bench::bench_tokenizer(cfg, &device, a.steps, a.warmup)?;
                 }
-                BenchStage::Transformer => {
+                BenchStage::Transformer | BenchStage::Sample => {
                     let mut tcfg = transformer::new_config(&a.transformer, &[])?;
                     tcfg.arch = a.arch;
                     let [side, codes, classes] = a.tokens[..] else {
                         bail!("--tokens takes SIDE CODES CLASSES");
                     };
-                    bench::bench_transformer(
-                        tcfg,
-                        [side, codes, classes],
-                        a.batch,
-                        &device,
-                        a.steps,
-                        a.warmup,
-                    )?;
-                }
-                BenchStage::Sample => {
-                    let mut tcfg = transformer::new_config(&a.transformer, &[])?;
-                    tcfg.arch = a.arch;
-                    let [side, codes, classes] = a.tokens[..] else {
-                        bail!("--tokens takes SIDE CODES CLASSES");
+                    let run = if a.stage == BenchStage::Sample {
+                        bench::bench_sampling
+                    } else {
+                        bench::bench_transformer
                     };
-                    bench::bench_sampling(
+                    run(
                         tcfg,
                         [side, codes, classes],
                         a.batch,

@@ -249,6 +249,7 @@ fn paper256_phase2_counts_57_9m_parameters() {
     let model = VqModel::new(&cfg.model, &Device::flex());
     let counts = model.param_counts();
     let total: usize = counts.iter().map(|(_, n)| n).sum();
+    eprintln!("paper256 phase 2: {total} parameters {counts:?}");
     let want = 57.9e6;
     assert!(
         ((total as f64) - want).abs() <= 0.01 * want,

@@ -1,6 +1,7 @@
 //! Data: image folders and the built-in dataset, transforms, and a threaded batch loader.
 
 pub mod folder;
+pub mod idx;
 pub mod loader;
 pub mod shapes;
 pub mod tokens;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Discriminator, VqModel};
 use crate::config::{RunKind, TokenizerRunConfig};
-use crate::train::checkpoint::{RunDir, load_module};
+use crate::train::checkpoint::{RunDir, inference_weights, load_module};
 
 /// Weights and config of a tokenizer run's latest checkpoint.
 pub struct TrainedTokenizer {
@@ -35,11 +35,7 @@ impl TrainedTokenizer {
         let cfg: TokenizerRunConfig = dir.read_config()?;
         cfg.validate()?;
         let (checkpoint, state) = dir.require_latest()?;
-        let weights_file = if checkpoint.join("ema.bpk").exists() {
-            "ema.bpk"
-        } else {
-            "model.bpk"
-        };
+        let weights_file = inference_weights(&checkpoint);
         let model = load_module(VqModel::new(&cfg.model, device), &checkpoint, weights_file)?;
         Ok(Self {
             cfg,

@@ -275,6 +275,35 @@ pub fn load_module<M: Module>(module: M, dir: &Path, name: &str) -> Result<M> {
         .map_err(|e| anyhow!("{}/{name} does not fit the config: {e:?}", dir.display()))
 }
 
+/// Loads optimizer state (moments, step counts) from checkpoint file `dir/name`.
+pub fn load_optimizer(
+    optim: burn::optim::ModuleOptimizer,
+    dir: &Path,
+    name: &str,
+) -> Result<burn::optim::ModuleOptimizer> {
+    optim
+        .from_bytes(Bytes::from_bytes_vec(read_file(dir, name)?))
+        .map_err(|e| anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))
+}
+
+/// Optimizer state as checkpoint-file bytes.
+pub fn optimizer_bytes(optim: &burn::optim::ModuleOptimizer) -> Result<Vec<u8>> {
+    Ok(optim
+        .into_bytes()
+        .map_err(|e| anyhow!("serialising optimizer state: {e:?}"))?
+        .to_vec())
+}
+
+/// The weights inference uses from a checkpoint: `ema.bpk` when the run kept an EMA, else
+/// `model.bpk`.
+pub fn inference_weights(checkpoint: &Path) -> &'static str {
+    if checkpoint.join("ema.bpk").exists() {
+        "ema.bpk"
+    } else {
+        "model.bpk"
+    }
+}
+
 /// A module's weights as checkpoint-file bytes.
 pub fn module_bytes<M: Module>(module: &M) -> Result<Vec<u8>> {
     Ok(module

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use std::path::Path;
 
-use super::checkpoint::RunDir;
+use super::checkpoint::{RunDir, inference_weights};
 use crate::config::{self, PHASE2_PRESETS, RunKind, TokenizerModelConfig, TokenizerRunConfig};
 use crate::image_io;
 use crate::tokenizer::{TrainedTokenizer, VqModel};
@@ -48,11 +48,7 @@ pub fn phase2_config(
     }
     cfg.finetune.tokenizer = Some(tokenizer.to_path_buf());
     cfg.finetune.tokenizer_step = state.step;
-    cfg.finetune.tokenizer_weights = if checkpoint.join("ema.bpk").exists() {
-        "ema".into()
-    } else {
-        "model".into()
-    };
+    cfg.finetune.tokenizer_weights = inference_weights(&checkpoint).into();
     if let Some(d) = data {
         cfg.data.path = d.to_string();
     }

@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::checkpoint::{RunDir, TrainState, load_module, module_bytes, read_file};
+use super::checkpoint::{
+    RunDir, TrainState, load_module, load_optimizer, module_bytes, optimizer_bytes,
+};
 use super::ema;
 use super::metrics::MetricsLog;
 use super::progress::Progress;
@@ -112,16 +114,12 @@ impl<'a> GanLoop<'a> {
             Some(e) => Some(load_module(e, dir, "ema.bpk")?),
             None => None,
         };
-        let optim = |o: ModuleOptimizer, name: &str| -> Result<ModuleOptimizer> {
-            o.from_bytes(burn::tensor::Bytes::from_bytes_vec(read_file(dir, name)?))
-                .map_err(|e| anyhow::anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))
-        };
         Ok(GanState {
             model: self.prepare(load_module(fresh.model, dir, "model.bpk")?),
             disc: load_module(fresh.disc, dir, "disc.bpk")?,
             ema,
-            optim_g: optim(fresh.optim_g, "optim_g.bpk")?,
-            optim_d: optim(fresh.optim_d, "optim_d.bpk")?,
+            optim_g: load_optimizer(fresh.optim_g, dir, "optim_g.bpk")?,
+            optim_d: load_optimizer(fresh.optim_d, dir, "optim_d.bpk")?,
             state,
         })
     }
@@ -159,16 +157,11 @@ impl<'a> GanLoop<'a> {
 
     /// Serialises a state into checkpoint files.
     pub fn state_files(st: &GanState) -> Result<Vec<(&'static str, Vec<u8>)>> {
-        let optim = |o: &ModuleOptimizer| -> Result<Vec<u8>> {
-            Ok(o.into_bytes()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                .to_vec())
-        };
         let mut files = vec![
             ("model.bpk", module_bytes(&st.model)?),
             ("disc.bpk", module_bytes(&st.disc)?),
-            ("optim_g.bpk", optim(&st.optim_g)?),
-            ("optim_d.bpk", optim(&st.optim_d)?),
+            ("optim_g.bpk", optimizer_bytes(&st.optim_g)?),
+            ("optim_d.bpk", optimizer_bytes(&st.optim_d)?),
         ];
         if let Some(e) = &st.ema {
             files.push(("ema.bpk", module_bytes(e)?));
@@ -428,6 +421,9 @@ impl<'a> GanLoop<'a> {
             interrupted = stop.load(Ordering::SeqCst);
             if step.is_multiple_of(t.checkpoint_every) || step == end || interrupted {
                 run.save(step, &Self::state_files(&st)?, &st.state, t.keep_last)?;
+                if let Err(e) = crate::plot::plot_run(run.root(), &run.path("curves.png")) {
+                    progress.println(&format!("WARNING: curves.png not written: {e:#}"));
+                }
             }
             if interrupted {
                 break;

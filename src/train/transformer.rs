@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::checkpoint::{RunDir, TrainState, load_module, module_bytes, read_file};
+use super::checkpoint::{
+    RunDir, TrainState, load_module, load_optimizer, module_bytes, optimizer_bytes,
+};
 use super::ema;
 use super::metrics::MetricsLog;
 use super::progress::Progress;
@@ -265,13 +267,7 @@ impl<'a> TransformerLoop<'a> {
             Some(e) => Some(load_module(e, dir, "ema.bpk")?),
             None => None,
         };
-        let optim = fresh
-            .optim
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(read_file(
-                dir,
-                "optim.bpk",
-            )?))
-            .map_err(|e| anyhow::anyhow!("{}/optim.bpk is corrupt: {e:?}", dir.display()))?;
+        let optim = load_optimizer(fresh.optim, dir, "optim.bpk")?;
         Ok(TransformerState {
             model: load_module(fresh.model, dir, "model.bpk")?,
             ema,
@@ -283,13 +279,7 @@ impl<'a> TransformerLoop<'a> {
     pub fn state_files(st: &TransformerState) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let mut files = vec![
             ("model.bpk", module_bytes(&st.model)?),
-            (
-                "optim.bpk",
-                st.optim
-                    .into_bytes()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?
-                    .to_vec(),
-            ),
+            ("optim.bpk", optimizer_bytes(&st.optim)?),
         ];
         if let Some(e) = &st.ema {
             files.push(("ema.bpk", module_bytes(e)?));
@@ -437,6 +427,9 @@ impl<'a> TransformerLoop<'a> {
             interrupted = stop.load(Ordering::SeqCst);
             if step.is_multiple_of(t.checkpoint_every) || step == end || interrupted {
                 run.save(step, &Self::state_files(&st)?, &st.state, t.keep_last)?;
+                if let Err(e) = crate::plot::plot_run(run.root(), &run.path("curves.png")) {
+                    progress.println(&format!("WARNING: curves.png not written: {e:#}"));
+                }
             }
             if interrupted {
                 break;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{Transformer, TransformerRunConfig, Vocab};
 use crate::config::RunKind;
 use crate::tokenizer::TrainedTokenizer;
-use crate::train::checkpoint::{RunDir, load_module};
+use crate::train::checkpoint::{RunDir, inference_weights, load_module};
 use crate::train::transformer::{build, vocab};
 
 /// Weights and config of a transformer run's latest checkpoint.
@@ -27,11 +27,7 @@ impl TrainedTransformer {
         let cfg: TransformerRunConfig = dir.read_config()?;
         cfg.validate()?;
         let (checkpoint, state) = dir.require_latest()?;
-        let weights_file = if checkpoint.join("ema.bpk").exists() {
-            "ema.bpk"
-        } else {
-            "model.bpk"
-        };
+        let weights_file = inference_weights(&checkpoint);
         let model = load_module(build(&cfg, device), &checkpoint, weights_file)?;
         Ok(Self {
             cfg,
