@@ -19,9 +19,9 @@ if [ ! -f "$src/train-images-idx3-ubyte.gz" ] && [ ! -f "$src/train-images-idx3-
 fi
 idx() { if [ -f "$src/$1.gz" ]; then echo "$src/$1.gz"; else echo "$src/$1"; fi; }
 [ -x "$seqgan" ] || cargo build --locked
-# train (60k), test (10k), and test-2k (the first 2000 test images: the FID reference that a
+# train (60k), test (10k), and test-1k (the first 1000 test images: the FID reference that a
 # 2-core CPU computes in minutes).
-for split in train:train: t10k:test: t10k:test-2k:2000; do
+for split in train:train: t10k:test: t10k:test-1k:1000; do
   IFS=: read -r prefix name limit <<<"$split"
   out=data/fashion-mnist/$name
   if [ -d "$out" ]; then
