@@ -9,9 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-./scripts/fetch-vgg16.sh
-./scripts/fetch-inception.sh
-cargo build --locked
+setup_pipeline
 ./scripts/get-fashion-mnist.sh
 ref=$(fashion_reference)
 for alpha in 1 0; do

@@ -5,9 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-./scripts/fetch-vgg16.sh
-./scripts/fetch-inception.sh
-cargo build --locked
+setup_pipeline
 
 # Stage 1: phase-1 tokenizer.
 tok=runs/demo-tokenizer

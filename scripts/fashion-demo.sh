@@ -6,9 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-./scripts/fetch-vgg16.sh
-./scripts/fetch-inception.sh
-cargo build --locked
+setup_pipeline
 ./scripts/get-fashion-mnist.sh
 r=runs/fashion
 mkdir -p "$r"

@@ -71,3 +71,10 @@ fashion_reference() {
   echo "stage fid-stats -> $out: $((SECONDS - t0)) s wall" >&2
   echo "$out"
 }
+
+# Fetches the weights the pipelines need and builds the binary.
+setup_pipeline() {
+  ./scripts/fetch-vgg16.sh
+  ./scripts/fetch-inception.sh
+  cargo build --locked
+}
