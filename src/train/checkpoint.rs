@@ -39,6 +39,20 @@ pub struct TrainState {
     pub last_metrics: Value,
 }
 
+impl TrainState {
+    /// An error when a run in `out` has already reached `steps` (nothing left to train).
+    pub fn ensure_steps_left(&self, steps: usize, out: &Path) -> Result<()> {
+        if self.step >= steps {
+            bail!(
+                "{} is already at step {} of train.steps = {steps}; raise it with --set train.steps=N",
+                out.display(),
+                self.step
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Latest {
     checkpoint: String,
@@ -82,6 +96,19 @@ impl RunDir {
         Ok(Self {
             root: root.to_path_buf(),
         })
+    }
+
+    /// Creates the folder of a new run; an error when it already holds one.
+    pub fn create_new(root: &Path) -> Result<Self> {
+        let run = Self::create(root)?;
+        if run.latest()?.is_some() {
+            bail!(
+                "{} already holds a run; continue it with `--resume {}` or choose another --out",
+                root.display(),
+                root.display()
+            );
+        }
+        Ok(run)
     }
 
     /// Opens an existing run folder of the given kind, with a clear error otherwise.

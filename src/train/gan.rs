@@ -110,10 +110,10 @@ impl<'a> GanLoop<'a> {
     /// Loads the state saved in checkpoint folder `dir` into freshly built modules.
     pub fn load_state(&self, dir: &Path, state: TrainState) -> Result<GanState> {
         let fresh = self.init_state();
-        let ema = match fresh.ema {
-            Some(e) => Some(load_module(e, dir, "ema.bpk")?),
-            None => None,
-        };
+        let ema = fresh
+            .ema
+            .map(|e| load_module(e, dir, "ema.bpk"))
+            .transpose()?;
         Ok(GanState {
             model: self.prepare(load_module(fresh.model, dir, "model.bpk")?),
             disc: load_module(fresh.disc, dir, "disc.bpk")?,

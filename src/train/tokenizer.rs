@@ -2,7 +2,7 @@
 //! set-up it shares with `seqgan finetune-decoder` (phase 2, see [`super::decoder`]): the kind
 //! in the config decides the phase.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
 use std::path::{Path, PathBuf};
@@ -42,14 +42,7 @@ pub struct Resolved {
 pub fn resolve_config(start: &Start) -> Result<Resolved> {
     let (mut cfg, out, resume) = match start {
         Start::New { config, out } => {
-            let run = RunDir::create(out)?;
-            if run.latest()?.is_some() {
-                bail!(
-                    "{} already holds a run; continue it with `--resume {}` or choose another --out",
-                    out.display(),
-                    out.display()
-                );
-            }
+            RunDir::create_new(out)?;
             ((**config).clone(), out.to_path_buf(), false)
         }
         Start::Resume { run, sets, kind } => {
@@ -132,13 +125,7 @@ pub fn train_resolved(resolved: Resolved, device: &Device, stop: &AtomicBool) ->
         },
     };
     print_param_counts(&st);
-    ensure!(
-        st.state.step < cfg.train.steps,
-        "{} is already at step {} of train.steps = {}; raise it with --set train.steps=N",
-        out.display(),
-        st.state.step,
-        cfg.train.steps
-    );
+    st.state.ensure_steps_left(cfg.train.steps, &out)?;
     let x = preview_batch(
         &cfg.data.path,
         cfg.data.builtin_len,

@@ -68,13 +68,7 @@ pub fn resolve(start: &Start) -> Result<Resolved> {
             tokens,
             out,
         } => {
-            if RunDir::create(out)?.latest()?.is_some() {
-                bail!(
-                    "{} already holds a run; continue it with `--resume {}` or choose another --out",
-                    out.display(),
-                    out.display()
-                );
-            }
+            RunDir::create_new(out)?;
             let file = TokenFile::read(tokens)?;
             let mut cfg = (**config).clone();
             cfg.tokens = TokensConfig {
@@ -263,10 +257,10 @@ impl<'a> TransformerLoop<'a> {
 
     pub fn load_state(&self, dir: &Path, state: TrainState) -> Result<TransformerState> {
         let fresh = self.init_state();
-        let ema = match fresh.ema {
-            Some(e) => Some(load_module(e, dir, "ema.bpk")?),
-            None => None,
-        };
+        let ema = fresh
+            .ema
+            .map(|e| load_module(e, dir, "ema.bpk"))
+            .transpose()?;
         let optim = load_optimizer(fresh.optim, dir, "optim.bpk")?;
         Ok(TransformerState {
             model: load_module(fresh.model, dir, "model.bpk")?,
@@ -503,13 +497,7 @@ pub fn train_resolved(
         cfg.arch,
         params as f64 / 1e6
     );
-    ensure!(
-        st.state.step < cfg.train.steps,
-        "{} is already at step {} of train.steps = {}; raise it with --set train.steps=N",
-        out.display(),
-        st.state.step,
-        cfg.train.steps
-    );
+    st.state.ensure_steps_left(cfg.train.steps, &out)?;
     let st = lp.train(&run, st, stop)?;
     eprintln!("done: {} at step {}", out.display(), st.state.step);
     Ok(st)
