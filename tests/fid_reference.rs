@@ -1,4 +1,4 @@
-//! The FID Inception network and the Fréchet distance against `../shared/fixtures/`
+//! The FID Inception network and the Fréchet distance against `tests/fixtures/`
 //! `inception_reference.json` (PyTorch / pytorch-fid features of the TF inception-2015-12-05
 //! network) and `frechet_reference.json` (numpy / scipy distances), on the weights made by
 //! scripts/fetch-inception.sh.

@@ -3,12 +3,14 @@
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use serde_json::Value;
+pub mod weights;
+
 use std::path::{Path, PathBuf};
 
-/// `../shared/fixtures/NAME`.
+/// `tests/fixtures/NAME` (reference data with its provenance in `tests/fixtures/README.md`).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
+        .join("tests/fixtures")
         .join(name)
 }
 
