@@ -48,6 +48,22 @@ pub enum Command {
     Plot(PlotArgs),
 }
 
+/// `--device`, shared by every command that computes.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct DeviceArgs {
+    /// Compute device: auto (CUDA if built in, else a hardware GPU via wgpu, else the CPU),
+    /// wgpu, cuda or cpu. A resumed run defaults to the device kind it was trained on.
+    #[arg(long = "device", value_enum, value_name = "DEVICE")]
+    pub choice: Option<DeviceChoice>,
+}
+
+impl DeviceArgs {
+    /// The flag, or `auto`.
+    pub fn choice(&self) -> DeviceChoice {
+        self.choice.unwrap_or_default()
+    }
+}
+
 /// Arguments of `import-idx`.
 #[derive(Args, Debug)]
 pub struct ImportIdxArgs {
@@ -94,9 +110,8 @@ pub struct InceptionArgs {
     /// Image decoding threads.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// How a folder of images is read for FID.
@@ -212,9 +227,8 @@ pub struct SampleArgs {
     /// GPT: keep the smallest set of codes with total probability >= p.
     #[arg(long)]
     pub top_p: Option<f64>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Arguments of `visualize`.
@@ -238,9 +252,8 @@ pub struct VisualizeArgs {
     /// Images per device batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Arguments of `encode`.
@@ -265,9 +278,8 @@ pub struct EncodeArgs {
     /// Encode at most this many images (also the size of a built-in dataset).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Arguments of `train-transformer`.
@@ -291,9 +303,8 @@ pub struct TrainTransformerArgs {
     /// Continue the run in this folder exactly where its last checkpoint left off.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Arguments of `finetune-decoder`.
@@ -318,9 +329,8 @@ pub struct FinetuneDecoderArgs {
     /// Continue the phase-2 run in this folder exactly where its last checkpoint left off.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Arguments of `reconstruct`.
@@ -342,9 +352,8 @@ pub struct ReconstructArgs {
     /// Reconstruct at most this many images.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Arguments of `train-tokenizer`.
@@ -365,9 +374,8 @@ pub struct TrainTokenizerArgs {
     /// Continue the run in this folder exactly where its last checkpoint left off.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Which stage `bench` times.
@@ -424,7 +432,6 @@ pub struct BenchArgs {
     /// FID Inception weights for the inception stage.
     #[arg(long, default_value = DEFAULT_WEIGHTS)]
     pub inception_weights: PathBuf,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Wgpu)]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }

@@ -4,7 +4,8 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use seqgan::cli::{BenchStage, Cli, Command};
+use burn::tensor::Device;
+use seqgan::cli::{BenchStage, Cli, Command, DeviceArgs};
 use seqgan::config::{self, RunKind, TokenizerRunConfig};
 use seqgan::data::idx::{self, FASHION_MNIST};
 use seqgan::encode;
@@ -13,6 +14,7 @@ use seqgan::eval::npz::NpzImageWriter;
 use seqgan::reconstruct;
 use seqgan::sample;
 use seqgan::tokenizer::TrainedTokenizer;
+use seqgan::train::checkpoint::recorded_device;
 use seqgan::train::{bench, decoder, tokenizer, transformer};
 use seqgan::transformer::TrainedTransformer;
 use seqgan::transformer::sampling::{GptOptions, MaskgitOptions};
@@ -34,6 +36,13 @@ fn install_ctrlc() {
         }
         eprintln!("Ctrl-C: finishing the current step and saving (press again to abort)");
     });
+}
+
+/// The device of a training command: `--device`, else (on `--resume`) the kind the run was
+/// trained on, else auto.
+fn open_for_run(flag: DeviceArgs, resume: Option<&std::path::Path>) -> Result<Device> {
+    let recorded = resume.and_then(recorded_device);
+    seqgan::device::open(seqgan::device::for_run(flag.choice, recorded))
 }
 
 fn run() -> Result<()> {
@@ -59,7 +68,7 @@ fn run() -> Result<()> {
             };
             // Fail on config/data problems before opening a device.
             let resolved = tokenizer::resolve_config(&start)?;
-            let device = seqgan::device::open(a.device)?;
+            let device = open_for_run(a.device, a.resume.as_deref())?;
             install_ctrlc();
             tokenizer::train_resolved(resolved, &device, &STOP)?;
         }
@@ -82,12 +91,12 @@ fn run() -> Result<()> {
                 (None, None) => bail!("--tokenizer RUN (a phase-1 run folder) is required"),
             };
             let resolved = tokenizer::resolve_config(&start)?;
-            let device = seqgan::device::open(a.device)?;
+            let device = open_for_run(a.device, a.resume.as_deref())?;
             install_ctrlc();
             tokenizer::train_resolved(resolved, &device, &STOP)?;
         }
         Command::Reconstruct(a) => {
-            let device = seqgan::device::open(a.device)?;
+            let device = seqgan::device::open(a.device.choice())?;
             let tok = TrainedTokenizer::load(&a.tokenizer, &device)?;
             eprintln!("tokenizer: {}", tok.describe());
             let data = match &a.data {
@@ -108,7 +117,7 @@ fn run() -> Result<()> {
             );
         }
         Command::Encode(a) => {
-            let device = seqgan::device::open(a.device)?;
+            let device = seqgan::device::open(a.device.choice())?;
             let tok = TrainedTokenizer::load(&a.tokenizer, &device)?;
             eprintln!("tokenizer: {}", tok.describe());
             let data = a.data.clone().unwrap_or_else(|| tok.cfg.data.path.clone());
@@ -136,12 +145,12 @@ fn run() -> Result<()> {
                 (None, None) => bail!("--tokens FILE (from `seqgan encode`) is required"),
             };
             let resolved = transformer::resolve(&start)?;
-            let device = seqgan::device::open(a.device)?;
+            let device = open_for_run(a.device, a.resume.as_deref())?;
             install_ctrlc();
             transformer::train_resolved(resolved, &device, &STOP)?;
         }
         Command::Sample(a) => {
-            let device = seqgan::device::open(a.device)?;
+            let device = seqgan::device::open(a.device.choice())?;
             let tr = TrainedTransformer::load(&a.transformer, &device)?;
             let dec = TrainedTokenizer::load(&a.decoder, &device)?;
             eprintln!(
@@ -192,7 +201,7 @@ fn run() -> Result<()> {
             }
         }
         Command::Visualize(a) => {
-            let device = seqgan::device::open(a.device)?;
+            let device = seqgan::device::open(a.device.choice())?;
             let tr = TrainedTransformer::load(&a.transformer, &device)?;
             let tok = TrainedTokenizer::load(&a.tokenizer, &device)?;
             let acc =
@@ -220,12 +229,12 @@ fn run() -> Result<()> {
             println!("{n} curves -> {}", out.display());
         }
         Command::Bench(a) if a.stage == BenchStage::Inception => {
-            let device = seqgan::device::open(a.device)?;
+            let device = seqgan::device::open(a.device.choice())?;
             commands::bench_inception(&a.inception_weights, &device, a.batch, a.steps, a.warmup)?;
         }
         Command::Bench(a) => {
             let cfg: TokenizerRunConfig = config::resolve(Some(&a.config), &a.sets)?;
-            let device = seqgan::device::open(a.device)?;
+            let device = seqgan::device::open(a.device.choice())?;
             match a.stage {
                 BenchStage::Tokenizer => {
                     bench::bench_tokenizer(cfg, &device, a.steps, a.warmup)?;

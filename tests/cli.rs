@@ -188,7 +188,10 @@ fn short_run_writes_a_self_describing_folder_and_ctrl_c_saves() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{log}");
     assert!(
-        log.contains("Resume with: seqgan train-tokenizer --resume"),
+        log.contains(&format!(
+            "Resume with: seqgan train-tokenizer --resume {} --device cpu",
+            out2.display()
+        )),
         "{log}"
     );
     let latest: serde_json::Value =
@@ -432,4 +435,60 @@ fn finetune_decoder_and_reconstruct_from_the_command_line() {
     assert!(err.contains("expected a Transformer run"), "{err}");
     let err = run_err(&["encode", "--device", "cpu", "--tokenizer", ts]);
     assert!(err.contains("expected a Tokenizer or Decoder run"), "{err}");
+}
+
+/// Without `--device`, a machine without a GPU runs on the CPU device with a notice (never on a
+/// software wgpu adapter), and `--resume` without `--device` stays on the run's device kind.
+#[test]
+fn default_device_is_real_hardware_and_resume_keeps_the_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = out.to_str().unwrap();
+    let w = weights_set();
+    let run = |args: &[&str]| {
+        let res = seqgan().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
+        assert!(res.status.success(), "{args:?}: {stderr}");
+        stderr
+    };
+    let log = run(&[
+        "train-tokenizer",
+        "--out",
+        o,
+        "--set",
+        &w,
+        "--set",
+        "train.steps=1",
+    ]);
+    let device_line = log
+        .lines()
+        .find(|l| l.starts_with("device: "))
+        .unwrap_or_else(|| panic!("no device line: {log}"))
+        .to_string();
+    assert!(
+        !device_line.contains("software"),
+        "auto picked a software adapter: {log}"
+    );
+    let hardware_gpu =
+        device_line.starts_with("device: wgpu") || device_line.starts_with("device: cuda");
+    if !hardware_gpu {
+        assert_eq!(device_line, "device: cpu (burn flex, pure Rust)", "{log}");
+        assert!(
+            log.contains("notice: ") && log.contains("CPU device"),
+            "{log}"
+        );
+    }
+    let state = std::fs::read_to_string(out.join("checkpoints/step-0000001/state.json")).unwrap();
+    let kind = if hardware_gpu { "wgpu" } else { "cpu" };
+    assert!(
+        state.contains(&format!("\"device\": \"{kind}\"")),
+        "{state}"
+    );
+    // The resumed run (two more steps) stays on the recorded kind without --device.
+    let log = run(&["train-tokenizer", "--resume", o, "--set", "train.steps=3"]);
+    assert!(log.lines().any(|l| l == device_line), "{log}");
+    assert!(
+        !log.contains("notice: "),
+        "resume re-probed the device: {log}"
+    );
 }

@@ -59,7 +59,7 @@ fn image_stats(
 pub fn fid_stats(a: &FidStatsArgs) -> Result<()> {
     let source = ImageSource::open(&a.source, a.images.res, a.images.builtin_len)?;
     check_weights(&a.inception.weights)?;
-    let device = &device::open(a.inception.device)?;
+    let device = &device::open(a.inception.device.choice())?;
     let net = open_net(&a.inception, device)?;
     let (stats, score) = image_stats(&source, &net, &a.inception, device)?;
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -90,7 +90,7 @@ pub fn fid(a: &FidArgs) -> Result<()> {
     let needs_net = inputs.iter().any(|i| matches!(i, FidInput::Images(_)));
     let (device, net) = if needs_net {
         check_weights(&a.inception.weights)?;
-        let device = device::open(a.inception.device)?;
+        let device = device::open(a.inception.device.choice())?;
         let net = open_net(&a.inception, &device)?;
         (Some(device), Some(net))
     } else {
@@ -150,7 +150,7 @@ pub fn fid(a: &FidArgs) -> Result<()> {
 /// `seqgan eval-tokenizer`.
 pub fn eval_tokenizer_cmd(a: &EvalTokenizerArgs) -> Result<()> {
     check_weights(&a.inception.weights)?;
-    let device = &device::open(a.inception.device)?;
+    let device = &device::open(a.inception.device.choice())?;
     let opts = EvalOptions {
         data: &a.data,
         limit: a.limit,

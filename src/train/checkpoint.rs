@@ -21,6 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::RunKind;
+use crate::device::DeviceChoice;
 
 /// Training position saved with every checkpoint.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -37,6 +38,9 @@ pub struct TrainState {
     pub train_seconds: f64,
     /// Last logged metrics.
     pub last_metrics: Value,
+    /// The device kind the run trains on (`--resume` without `--device` stays on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceChoice>,
 }
 
 impl TrainState {
@@ -266,6 +270,26 @@ impl RunDir {
             )
         })
     }
+}
+
+/// The device kind recorded in a run folder's latest checkpoint (`None` when the folder or its
+/// checkpoint cannot be read, or predates the record: the caller's own errors say why later).
+pub fn recorded_device(root: &Path) -> Option<DeviceChoice> {
+    let run = RunDir {
+        root: root.to_path_buf(),
+    };
+    run.latest()
+        .ok()
+        .flatten()
+        .and_then(|(_, state)| state.device)
+}
+
+/// The command that continues a run: `seqgan COMMAND --resume ROOT --device KIND`.
+pub fn resume_command(command: &str, root: &Path, device: Option<DeviceChoice>) -> String {
+    let device = device
+        .map(|d| format!(" --device {}", d.flag()))
+        .unwrap_or_default();
+    format!("seqgan {command} --resume {}{device}", root.display())
 }
 
 /// Reads the `kind` field of a run folder's `config.json`.
