@@ -7,5 +7,6 @@ pub mod ema;
 pub mod gan;
 pub mod metrics;
 pub mod progress;
+pub mod r1;
 pub mod tokenizer;
 pub mod transformer;
