@@ -1,5 +1,5 @@
 //! VGG-16 taps, `L_low`, `L_sem` (relu5_3 part), LPIPS and their input gradients against
-//! `../shared/fixtures/vgg16_reference.json` (independent PyTorch / official lpips values on the
+//! `tests/fixtures/vgg16_reference.json` (independent PyTorch / official lpips values on the
 //! same weights), on the weights made by scripts/fetch-vgg16.sh.
 
 mod common;
@@ -47,6 +47,7 @@ fn inputs(device: &Device) -> BTreeMap<&'static str, Tensor<4>> {
 fn loss(alpha: f64, lpips_low: bool, device: &Device) -> PerceptualLoss {
     let cfg = PerceptualConfig {
         weights: vgg_weights(),
+        lpips_weights: vgg_weights(),
         alpha,
         logits: LogitMode::Relu5Only,
         lpips_low,
@@ -384,6 +385,7 @@ fn classifier_logits_and_l_sem_with_logits() {
     // L_sem with logits = relu5 MSE + logit MSE.
     let cfg = PerceptualConfig {
         weights: "unused".into(),
+        lpips_weights: "unused".into(),
         alpha: 1.0,
         logits: LogitMode::Require,
         lpips_low: false,
@@ -407,6 +409,7 @@ fn missing_classifier_is_a_clear_error_unless_relu5_only() {
     let device = Device::flex();
     let cfg = PerceptualConfig {
         weights: vgg_weights(),
+        lpips_weights: vgg_weights(),
         alpha: 1.0,
         logits: LogitMode::Require,
         lpips_low: false,
@@ -466,4 +469,44 @@ fn bad_weight_files_are_clear_errors() {
     std::fs::write(&junk, b"not a safetensors file").unwrap();
     let err = format!("{:#}", WeightFile::open(&junk).err().unwrap());
     assert!(err.contains("junk.safetensors"), "{err}");
+}
+
+/// VGG weights without LPIPS heads (torchvision's layout) take the heads from
+/// `perceptual.lpips_weights`; a missing heads file is an error naming the key and the script.
+#[test]
+fn lpips_heads_come_from_their_own_file() {
+    let device = Device::flex();
+    let tmp = tempfile::tempdir().unwrap();
+    let conv_only = tmp.path().join("vgg16-conv-only.safetensors");
+    common::weights::write_safetensors(&conv_only, &common::weights::vgg16_specs(false));
+    let mut cfg = PerceptualConfig {
+        weights: conv_only,
+        lpips_weights: tmp.path().join("missing.safetensors"),
+        alpha: 0.0,
+        logits: LogitMode::Relu5Only,
+        lpips_low: true,
+    };
+    let err = format!("{:#}", PerceptualLoss::new(&cfg, &device).err().unwrap());
+    assert!(
+        err.contains("missing.safetensors")
+            && err.contains("perceptual.lpips_weights")
+            && err.contains("fetch-vgg16.sh"),
+        "{err}"
+    );
+    // A file that has no heads either is refused, naming it.
+    cfg.lpips_weights = cfg.weights.clone();
+    let err = format!("{:#}", PerceptualLoss::new(&cfg, &device).err().unwrap());
+    assert!(err.contains("has no LPIPS heads"), "{err}");
+    // With the fetch script's file as the heads source, the LPIPS form of L_low runs.
+    cfg.lpips_weights = vgg_weights();
+    let loss = PerceptualLoss::new(&cfg, &device).unwrap();
+    assert!(
+        loss.describe().contains("L_low = LPIPS"),
+        "{}",
+        loss.describe()
+    );
+    let x = png_tensor(&fixture("images/img0_astronaut_64.png"), &device);
+    let y = png_tensor(&fixture("images/img1_chelsea_64.png"), &device);
+    let v = loss.forward(x, y).total.into_scalar::<f32>();
+    assert!(v.is_finite() && v > 0.0, "{v}");
 }

@@ -66,6 +66,7 @@ pub fn eval_tokenizer(run: &Path, opts: &EvalOptions, device: &Device) -> Result
     let perceptual = PerceptualLoss::new(
         &PerceptualConfig {
             weights: opts.vgg.to_path_buf(),
+            lpips_weights: opts.vgg.to_path_buf(),
             alpha: 0.0,
             logits: LogitMode::Relu5Only,
             lpips_low: true,

@@ -8,7 +8,7 @@
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor};
 
-use super::vgg16::{Vgg16, VggOut};
+use super::vgg16::{Vgg16, VggOut, load_lpips_heads};
 use super::weights::{FETCH_SCRIPT, WeightFile};
 use crate::config::{LogitMode, PerceptualConfig};
 
@@ -29,6 +29,8 @@ pub struct PerceptualTerms {
 /// Frozen-VGG perceptual loss.
 pub struct PerceptualLoss {
     vgg: Vgg16,
+    /// Where the weights came from (one file, or the VGG file + the LPIPS heads file).
+    source: String,
     alpha: f64,
     use_logits: bool,
     lpips_low: bool,
@@ -46,8 +48,20 @@ impl PerceptualLoss {
     /// drop the logit term.
     pub fn new(cfg: &PerceptualConfig, device: &Device) -> Result<Self> {
         let file = WeightFile::open(&cfg.weights)?;
-        let vgg = Vgg16::load(&file, device)?;
-        Self::from_vgg(vgg, cfg, &file.path().display().to_string(), device)
+        let mut vgg = Vgg16::load(&file, device)?;
+        let mut source = file.path().display().to_string();
+        drop(file);
+        if Self::needs_lpips(cfg) && vgg.lpips_heads.is_none() {
+            let heads = WeightFile::open_lpips(&cfg.lpips_weights)?;
+            vgg.lpips_heads = load_lpips_heads(&heads, device)?;
+            source = format!("{source} + {}", heads.path().display());
+        }
+        Self::from_vgg(vgg, cfg, &source, device)
+    }
+
+    /// Whether `cfg` uses the LPIPS heads (the LPIPS form of `L_low` with alpha < 1).
+    fn needs_lpips(cfg: &PerceptualConfig) -> bool {
+        cfg.lpips_low && cfg.alpha < 1.0
     }
 
     /// Builds the loss around already-loaded weights (`source` names them in messages).
@@ -68,14 +82,16 @@ impl PerceptualLoss {
                  ({FETCH_SCRIPT} makes the conv-only file.)"
             );
         }
-        if cfg.lpips_low && cfg.alpha < 1.0 && vgg.lpips_heads.is_none() {
+        if Self::needs_lpips(cfg) && vgg.lpips_heads.is_none() {
             bail!(
-                "{source} has no LPIPS heads (lpips.lin0..4.weight) but perceptual.lpips_low is set; re-create it with {FETCH_SCRIPT}"
+                "{source} has no LPIPS heads (lpips.lin0..4.weight) but perceptual.lpips_low is \
+                 set; point perceptual.lpips_weights at the file made by {FETCH_SCRIPT}"
             );
         }
         let t = |v: [f32; 3]| Tensor::<1>::from_floats(v, device).reshape([1, 3, 1, 1]);
         Ok(Self {
             vgg,
+            source: source.to_string(),
             alpha: cfg.alpha,
             use_logits,
             lpips_low: cfg.lpips_low,
@@ -92,9 +108,14 @@ impl PerceptualLoss {
             "relu5_3 only (no logits)"
         };
         let low = if self.lpips_low { "LPIPS" } else { "5 taps" };
+        let terms = match self.alpha {
+            a if a >= 1.0 => format!("L_sem = {sem}"),
+            a if a <= 0.0 => format!("L_low = {low}"),
+            _ => format!("L_sem = {sem}; L_low = {low}"),
+        };
         format!(
-            "L_alpha, alpha = {}: L_sem = {sem}; L_low = {low}",
-            self.alpha
+            "L_alpha, alpha = {}: {terms} (weights {})",
+            self.alpha, self.source
         )
     }
 

