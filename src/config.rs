@@ -166,6 +166,9 @@ pub enum LogitMode {
 pub struct PerceptualConfig {
     /// VGG-16 weights: torchvision `.pth` or our `.safetensors` (see scripts/fetch-vgg16.sh).
     pub weights: PathBuf,
+    /// Where the LPIPS v0.1 heads (`lpips.lin0..4.weight`) come from when `weights` has none
+    /// (torchvision's `.pth` has none): the file made by scripts/fetch-vgg16.sh holds them.
+    pub lpips_weights: PathBuf,
     /// Semantic ratio: `L_alpha = alpha L_sem + (1 - alpha) L_low`.
     pub alpha: f64,
     /// Whether `L_sem` must include the class logits.
@@ -178,6 +181,7 @@ impl Default for PerceptualConfig {
     fn default() -> Self {
         Self {
             weights: PathBuf::from("weights/vgg16.safetensors"),
+            lpips_weights: PathBuf::from("weights/vgg16.safetensors"),
             alpha: 1.0,
             logits: LogitMode::Require,
             lpips_low: false,
@@ -249,6 +253,8 @@ pub struct TrainConfig {
     pub beta1: f64,
     /// Adam beta2.
     pub beta2: f64,
+    /// Adam epsilon (PyTorch's default, as in the taming/StyleGAN lineage; burn's is 1e-5).
+    pub adam_eps: f64,
     /// Linear learning-rate warm-up steps.
     pub warmup_steps: usize,
     /// EMA decay of the generator weights (0 disables EMA).
@@ -279,6 +285,7 @@ impl Default for TrainConfig {
             disc_lr: 1e-4,
             beta1: 0.5,
             beta2: 0.9,
+            adam_eps: 1e-8,
             warmup_steps: 0,
             ema_decay: 0.0,
             seed: 0,
@@ -555,6 +562,11 @@ impl TokenizerRunConfig {
         ensure!(
             (0.0..1.0).contains(&t.beta1) && (0.0..1.0).contains(&t.beta2),
             "train.beta1/beta2 must be in [0, 1)"
+        );
+        ensure!(
+            t.adam_eps > 0.0 && t.adam_eps.is_finite(),
+            "train.adam_eps must be a finite number > 0, got {}",
+            t.adam_eps
         );
         ensure!(
             (0.0..1.0).contains(&t.ema_decay),

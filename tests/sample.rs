@@ -73,9 +73,15 @@ fn maskgit_follows_its_schedule_and_ends_unmasked() {
             .collect();
         assert_eq!(left, want, "{schedule:?} {steps} steps");
         assert_eq!(*left.last().unwrap(), 0);
+        // MaskGIT's rule: at least one token fixed per step while more than one is masked,
+        // and at least one masked until the last step (its mask_len floor of 1).
         assert!(
-            left.windows(2).all(|w| w[0] == 0 || w[1] < w[0]),
+            left.windows(2).all(|w| w[1] < w[0] || w[0] == 1),
             "at least one token fixed per step: {left:?}"
+        );
+        assert!(
+            left[..steps - 1].iter().all(|&m| m >= 1),
+            "all tokens fixed before the last step: {left:?}"
         );
         let t = ints(tokens);
         assert_eq!(t.len(), 3 * 64);

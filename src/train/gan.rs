@@ -16,21 +16,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::checkpoint::{
-    RunDir, TrainState, load_module, load_optimizer, module_bytes, optimizer_bytes,
+    RunDir, TrainState, load_module, load_optimizer, module_bytes, optimizer_bytes, resume_command,
 };
 use super::ema;
 use super::metrics::MetricsLog;
 use super::progress::Progress;
+use super::r1;
 use crate::config::{GanLossKind, RunKind, TokenizerRunConfig};
-use crate::data::loader::{keyed_rng, normal_vec};
 use crate::data::{Batch, Dataset, Loader, Order};
 use crate::image_io;
 use crate::perceptual::PerceptualLoss;
 use crate::tokenizer::{Discriminator, VqModel};
 use image::RgbImage;
-
-/// Finite-difference step (in [-1, 1] pixel units) of the R1 estimator.
-pub const R1_FD_EPS: f64 = 1e-2;
 
 /// Everything one GAN phase trains and evaluates.
 pub struct GanState {
@@ -71,6 +68,7 @@ fn adam(cfg: &TokenizerRunConfig) -> ModuleOptimizer {
     AdamConfig::new()
         .with_beta_1(cfg.train.beta1 as f32)
         .with_beta_2(cfg.train.beta2 as f32)
+        .with_epsilon(cfg.train.adam_eps as f32)
         .init()
 }
 
@@ -225,32 +223,27 @@ impl<'a> GanLoop<'a> {
         disc: &Discriminator,
         x: Tensor<4>,
         x_hat: Tensor<4>,
-        r1_key: Option<u64>,
+        with_r1: bool,
     ) -> (Tensor<1>, Option<Tensor<1>>) {
         let l = &self.cfg.loss;
-        let real = disc.forward(x.clone());
+        // Lazy R1 = E ||grad_x D(x)||^2 without double backward (see `r1`), weighted
+        // gamma/2 x interval as in StyleGAN2; its forward also gives the real logits.
+        let (real, r1) = if with_r1 && l.r1_gamma > 0.0 {
+            let (real, r1) = r1::logits_and_r1(disc, x);
+            (real, Some(r1.mean()))
+        } else {
+            (disc.forward(x), None)
+        };
         let fake = disc.forward(x_hat);
         let mut loss = match l.gan_loss {
             GanLossKind::NonSaturating => {
-                softplus(real.clone().neg(), 1.0).mean() + softplus(fake, 1.0).mean()
+                softplus(real.neg(), 1.0).mean() + softplus(fake, 1.0).mean()
             }
-            GanLossKind::Hinge => relu(real.clone().neg() + 1.0).mean() + relu(fake + 1.0).mean(),
+            GanLossKind::Hinge => relu(real.neg() + 1.0).mean() + relu(fake + 1.0).mean(),
         };
-        // Lazy R1 = E ||grad_x D(x)||^2, estimated without double backprop as
-        // E_v[((D(x + eps v) - D(x)) / eps)^2] with v ~ N(0, I) (a Hutchinson-style estimator).
-        let r1 = r1_key.filter(|_| l.r1_gamma > 0.0).map(|key| {
-            let dims = x.dims();
-            let n: usize = dims.iter().product();
-            let mut rng = keyed_rng(self.cfg.train.seed ^ 0x5231, key);
-            let v = Tensor::<4>::from_data(
-                TensorData::new(normal_vec(&mut rng, n), dims),
-                &self.device,
-            );
-            let shifted = disc.forward(x + v * R1_FD_EPS);
-            let r1 = ((shifted - real) / R1_FD_EPS).powi_scalar(2).mean();
-            loss = loss.clone() + r1.clone() * (0.5 * l.r1_gamma * l.r1_interval as f64);
-            r1
-        });
+        if let Some(r1) = &r1 {
+            loss = loss + r1.clone() * (0.5 * l.r1_gamma * l.r1_interval as f64);
+        }
         (loss, r1)
     }
 
@@ -298,9 +291,8 @@ impl<'a> GanLoop<'a> {
             let d_step = step - self.cfg.loss.disc_start;
             let r1_now = d_step.is_multiple_of(self.cfg.loss.r1_interval);
             let mut acc_d = GradientsAccumulator::new();
-            for (i, (x, x_hat)) in pairs.into_iter().enumerate() {
-                let key = (step * accum + i) as u64;
-                let (loss, r1) = self.disc_loss(&st.disc, x, x_hat, r1_now.then_some(key));
+            for (x, x_hat) in pairs {
+                let (loss, r1) = self.disc_loss(&st.disc, x, x_hat, r1_now);
                 let grads = (loss.clone() / accum as f64).backward();
                 acc_d.accumulate(&st.disc, GradientsParams::from_grads(grads, &st.disc));
                 d_out = Some((loss, r1));
@@ -318,7 +310,7 @@ impl<'a> GanLoop<'a> {
         run: &RunDir,
         mut st: GanState,
         dataset: Dataset,
-        preview: &Preview,
+        preview: Option<&Preview>,
         stop: &AtomicBool,
     ) -> Result<GanState> {
         let t = &self.cfg.train;
@@ -344,6 +336,7 @@ impl<'a> GanLoop<'a> {
         let mut window_start = Instant::now();
         let mut window_images = 0u64;
         let mut interrupted = false;
+        st.state.device = Some(crate::device::kind_of(&self.device));
         while st.state.step < end {
             let (terms, d_out, indices) = self.step(&mut st, &mut loader)?;
             for idx in indices {
@@ -415,7 +408,9 @@ impl<'a> GanLoop<'a> {
                 window_start = Instant::now();
                 window_images = 0;
             }
-            if t.sample_every > 0 && (step.is_multiple_of(t.sample_every) || step == end) {
+            if let Some(preview) = preview
+                && (step.is_multiple_of(t.sample_every) || step == end)
+            {
                 self.write_samples(run, &st, preview, step)?;
             }
             interrupted = stop.load(Ordering::SeqCst);
@@ -437,10 +432,10 @@ impl<'a> GanLoop<'a> {
                 _ => "train-tokenizer",
             };
             eprintln!(
-                "interrupted: saved step {} to {}. Resume with: seqgan {command} --resume {}",
+                "interrupted: saved step {} to {}. Resume with: {}",
                 st.state.step,
                 run.root().display(),
-                run.root().display()
+                resume_command(command, run.root(), st.state.device)
             );
         }
         Ok(st)

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::checkpoint::{
-    RunDir, TrainState, load_module, load_optimizer, module_bytes, optimizer_bytes,
+    RunDir, TrainState, load_module, load_optimizer, module_bytes, optimizer_bytes, resume_command,
 };
 use super::ema;
 use super::metrics::MetricsLog;
@@ -93,6 +93,8 @@ pub fn resolve(start: &Start) -> Result<Resolved> {
         }
     };
     cfg.kind = RunKind::Transformer;
+    // Record the label smoothing in effect, so config.json says what the run trains with.
+    cfg.train.label_smoothing = Some(cfg.label_smoothing());
     cfg.validate()?;
     ensure!(
         tokens.len() >= 2,
@@ -143,7 +145,7 @@ fn adamw(cfg: &TransformerRunConfig) -> ModuleOptimizer {
     AdamWConfig::new()
         .with_beta_1(t.beta1 as f32)
         .with_beta_2(t.beta2 as f32)
-        .with_epsilon(1e-8)
+        .with_epsilon(t.adam_eps as f32)
         .with_weight_decay(t.weight_decay as f32)
         .init()
 }
@@ -303,7 +305,7 @@ impl<'a> TransformerLoop<'a> {
                 targets,
                 weights,
                 self.cfg.arch,
-                t.label_smoothing,
+                self.cfg.label_smoothing(),
             );
             let grads = (out.loss.clone() / t.grad_accum as f64).backward();
             acc.accumulate(&st.model, GradientsParams::from_grads(grads, &st.model));
@@ -374,6 +376,7 @@ impl<'a> TransformerLoop<'a> {
         let mut window = Instant::now();
         let mut window_tokens = 0usize;
         let mut interrupted = false;
+        st.state.device = Some(crate::device::kind_of(&self.device));
         while st.state.step < end {
             let out = self.step(&mut st, &mut order);
             window_tokens += t.batch_size * t.grad_accum * n_tok;
@@ -432,10 +435,10 @@ impl<'a> TransformerLoop<'a> {
         progress.finish();
         if interrupted {
             eprintln!(
-                "interrupted: saved step {} to {}. Resume with: seqgan train-transformer --resume {}",
+                "interrupted: saved step {} to {}. Resume with: {}",
                 st.state.step,
                 run.root().display(),
-                run.root().display()
+                resume_command("train-transformer", run.root(), st.state.device)
             );
         }
         Ok(st)

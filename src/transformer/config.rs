@@ -69,6 +69,8 @@ pub struct TransformerTrainConfig {
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
+    /// AdamW epsilon (PyTorch's default).
+    pub adam_eps: f64,
     /// Decoupled weight decay (applied to every weight).
     pub weight_decay: f64,
     /// Linear warm-up steps.
@@ -79,8 +81,9 @@ pub struct TransformerTrainConfig {
     pub min_lr_ratio: f64,
     /// Clip the global gradient norm to this (0 disables).
     pub grad_clip: f64,
-    /// Label smoothing of the cross-entropy.
-    pub label_smoothing: f64,
+    /// Label smoothing of the cross-entropy; unset = the architecture's default (MaskGIT 0.1,
+    /// GPT 0, as taming and LlamaGen train), filled in when a run starts.
+    pub label_smoothing: Option<f64>,
     /// Probability of replacing the class by the null class (for classifier-free guidance).
     pub class_dropout: f64,
     /// EMA decay of the weights (0 disables).
@@ -110,12 +113,13 @@ impl Default for TransformerTrainConfig {
             lr: 1e-4,
             beta1: 0.9,
             beta2: 0.96,
+            adam_eps: 1e-8,
             weight_decay: 0.045,
             warmup_steps: 5000,
             schedule: LrSchedule::Cosine,
             min_lr_ratio: 0.0,
             grad_clip: 1.0,
-            label_smoothing: 0.1,
+            label_smoothing: None,
             class_dropout: 0.1,
             ema_decay: 0.0,
             seed: 0,
@@ -167,12 +171,37 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("tiny", include_str!("../../configs/transformer-tiny.json")),
     ("base", include_str!("../../configs/transformer-base.json")),
     (
+        "base-cfg",
+        include_str!("../../configs/transformer-base-cfg.json"),
+    ),
+    (
         "large",
         include_str!("../../configs/transformer-large.json"),
     ),
+    (
+        "large-cfg",
+        include_str!("../../configs/transformer-large-cfg.json"),
+    ),
 ];
 
+impl Arch {
+    /// Label smoothing when the config does not set it: MaskGIT's 0.1; none for GPT.
+    pub fn default_label_smoothing(self) -> f64 {
+        match self {
+            Self::Maskgit => 0.1,
+            Self::Gpt => 0.0,
+        }
+    }
+}
+
 impl TransformerRunConfig {
+    /// The label smoothing in effect (the config's, else the architecture's default).
+    pub fn label_smoothing(&self) -> f64 {
+        self.train
+            .label_smoothing
+            .unwrap_or_else(|| self.arch.default_label_smoothing())
+    }
+
     /// Range checks; every message names the key.
     pub fn validate(&self) -> Result<()> {
         let m = &self.model;
@@ -208,8 +237,12 @@ impl TransformerRunConfig {
         );
         ensure!(t.grad_clip >= 0.0, "train.grad_clip must be >= 0");
         ensure!(
-            (0.0..1.0).contains(&t.label_smoothing),
+            (0.0..1.0).contains(&self.label_smoothing()),
             "train.label_smoothing must be in [0, 1)"
+        );
+        ensure!(
+            t.adam_eps > 0.0 && t.adam_eps.is_finite(),
+            "train.adam_eps must be a finite number > 0"
         );
         ensure!(
             (0.0..1.0).contains(&t.class_dropout),

@@ -55,8 +55,9 @@ impl MaskSchedule {
 }
 
 /// Tokens still masked after sampling step `t` (0-based) of `steps`, when `unknown` were
-/// masked before it: `floor(n gamma((t+1)/steps))`, but at least one token is fixed per step
-/// and none stays masked after the last.
+/// masked before it. As MaskGIT's sampler: `max(1, min(unknown - 1, floor(n gamma((t+1)/T))))`
+/// before the last step (at least one token is fixed per step while more than one is masked,
+/// and at least one stays masked until the last step), and none after the last.
 pub fn masked_after_step(
     schedule: MaskSchedule,
     t: usize,
@@ -68,7 +69,9 @@ pub fn masked_after_step(
         return 0;
     }
     let planned = (n as f64 * schedule.gamma((t + 1) as f64 / steps as f64)).floor();
-    (planned.max(0.0) as usize).min(unknown.saturating_sub(1))
+    (planned.max(0.0) as usize)
+        .min(unknown.saturating_sub(1))
+        .max(1)
 }
 
 #[cfg(test)]
@@ -134,10 +137,17 @@ mod tests {
                 let mut trace = Vec::new();
                 for t in 0..steps {
                     let next = masked_after_step(schedule, t, steps, n, unknown);
-                    assert!(
-                        next < unknown || unknown == 0,
-                        "{schedule:?} n={n}: no progress"
-                    );
+                    // Progress while more than one token is masked; one stays until the end.
+                    if t + 1 < steps {
+                        assert!(
+                            next >= 1,
+                            "{schedule:?} n={n}: all fixed before the last step"
+                        );
+                        assert!(
+                            next < unknown || unknown == 1,
+                            "{schedule:?} n={n}: no progress"
+                        );
+                    }
                     unknown = next;
                     trace.push(unknown);
                 }
@@ -150,5 +160,22 @@ mod tests {
         }
         let first = masked_after_step(MaskSchedule::Cosine, 0, 12, 256, 256);
         assert_eq!(first, (256.0 * (FRAC_PI_2 / 12.0).cos()).floor() as usize);
+    }
+
+    #[test]
+    fn mask_len_has_maskgit_floor_of_one() {
+        // MaskGIT: mask_len = max(1, min(unknown - 1, floor(N cos(pi/2 (t+1)/T)))). On a 2x2 map
+        // with 8 steps the cosine plan reaches 0 masked at step 6 (floor(4 cos(7pi/16)) = 0),
+        // but one token stays masked until the final step fixes it.
+        let trace: Vec<usize> = (0..8)
+            .scan(4, |unknown, t| {
+                *unknown = masked_after_step(MaskSchedule::Cosine, t, 8, 4, *unknown);
+                Some(*unknown)
+            })
+            .collect();
+        assert_eq!(trace, vec![3, 2, 1, 1, 1, 1, 1, 0]);
+        // Two steps on 256 tokens (the paper-scale smoke test): floor(256 cos(pi/4)) = 181.
+        assert_eq!(masked_after_step(MaskSchedule::Cosine, 0, 2, 256, 256), 181);
+        assert_eq!(masked_after_step(MaskSchedule::Cosine, 1, 2, 256, 181), 0);
     }
 }
