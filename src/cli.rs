@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 use crate::device::DeviceChoice;
-use crate::eval::inception::{DEFAULT_WEIGHTS, InputRange};
+use crate::pretrained::inception::{DEFAULT_WEIGHTS, InputRange};
 
 /// SeQ-GAN: semantic-enhanced VQ tokenizers and generative transformers, in one binary.
 #[derive(Parser, Debug)]
@@ -62,6 +62,26 @@ impl DeviceArgs {
     pub fn choice(&self) -> DeviceChoice {
         self.choice.unwrap_or_default()
     }
+}
+
+/// What every training command takes besides its inputs: overrides, resume, device.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Override a config value, e.g. `--set train.steps=1000` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Continue the run in this folder exactly where its last checkpoint left off (with
+    /// `--set`, e.g. more steps).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Data-parallel replicas: indices of devices of the `--device` kind, comma-separated
+    /// (`--device wgpu --devices 0,1,2,3`: four GPUs; an index may repeat to run several
+    /// replicas on one device; `--device cpu --devices 0,1`: two CPU replicas). The global batch
+    /// (train.batch_size x grad_accum) is split evenly; results do not depend on the count.
+    #[arg(long, value_delimiter = ',', value_name = "I,J,...")]
+    pub devices: Vec<usize>,
 }
 
 /// Arguments of `import-idx`.
@@ -212,19 +232,19 @@ pub struct SampleArgs {
     /// Sampling temperature of the token draws (0 = argmax).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
-    /// MaskGIT: decoding steps.
-    #[arg(long, default_value_t = 12)]
-    pub steps: usize,
-    /// MaskGIT: Gumbel noise on the confidences at the first step (annealed to 0).
-    #[arg(long, default_value_t = 4.5)]
-    pub choice_temperature: f64,
-    /// MaskGIT: how many tokens stay masked after each step.
-    #[arg(long, value_enum, default_value_t = crate::transformer::masking::MaskSchedule::Cosine)]
-    pub schedule: crate::transformer::masking::MaskSchedule,
-    /// GPT: keep only the k most likely codes.
+    /// MaskGIT: decoding steps (default 12; 1 to the number of tokens per map).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// MaskGIT: Gumbel noise on the confidences at the first step, annealed to 0 (default 4.5).
+    #[arg(long)]
+    pub choice_temperature: Option<f64>,
+    /// MaskGIT: how many tokens stay masked after each step (default cosine).
+    #[arg(long, value_enum)]
+    pub schedule: Option<crate::transformer::masking::MaskSchedule>,
+    /// GPT: keep only the k most likely codes (1 to the codebook size).
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// GPT: keep the smallest set of codes with total probability >= p.
+    /// GPT: keep the smallest set of codes with total probability >= p (0 < p <= 1).
     #[arg(long)]
     pub top_p: Option<f64>,
     #[command(flatten)]
@@ -272,6 +292,12 @@ pub struct EncodeArgs {
     /// Also store each image's horizontally mirrored copy (doubles the entries).
     #[arg(long)]
     pub flip: bool,
+    /// Accept a folder of images without class sub-folders (one class, label 0).
+    #[arg(long)]
+    pub single_class: bool,
+    /// Replace `--out` if it exists (otherwise an error).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Images per device batch.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -291,20 +317,14 @@ pub struct TrainTransformerArgs {
     /// Architecture (overrides the config's `arch`).
     #[arg(long, value_enum)]
     pub arch: Option<crate::transformer::Arch>,
-    /// Config preset (tiny, base, large) or a JSON config file.
+    /// Config preset (tiny, base, base-cfg, large, large-cfg) or a JSON config file.
     #[arg(long, default_value = "tiny")]
     pub config: String,
-    /// Override a config value, e.g. `--set train.steps=1000` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
     /// Run folder to create.
     #[arg(long, default_value = "runs/transformer", conflicts_with = "resume")]
     pub out: PathBuf,
-    /// Continue the run in this folder exactly where its last checkpoint left off.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub run: RunArgs,
 }
 
 /// Arguments of `finetune-decoder`.
@@ -317,20 +337,14 @@ pub struct FinetuneDecoderArgs {
     /// or a JSON file naming only the keys to change.
     #[arg(long, default_value = "phase2")]
     pub config: String,
-    /// Override a config value, e.g. `--set train.steps=1000` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
     /// Training images (default: the phase-1 run's data).
     #[arg(long)]
     pub data: Option<String>,
     /// Run folder to create.
     #[arg(long, default_value = "runs/decoder", conflicts_with = "resume")]
     pub out: PathBuf,
-    /// Continue the phase-2 run in this folder exactly where its last checkpoint left off.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub run: RunArgs,
 }
 
 /// Arguments of `reconstruct`.
@@ -362,20 +376,14 @@ pub struct TrainTokenizerArgs {
     /// Config preset (tiny, small, paper256) or a JSON config file.
     #[arg(long, default_value = "tiny")]
     pub config: String,
-    /// Override a config value, e.g. `--set train.steps=1000` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
     /// Training images: an ImageFolder (`root/<class>/<image>`) or `builtin:shapes`.
     #[arg(long)]
     pub data: Option<String>,
     /// Run folder to create.
     #[arg(long, default_value = "runs/tokenizer", conflicts_with = "resume")]
     pub out: PathBuf,
-    /// Continue the run in this folder exactly where its last checkpoint left off.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
     #[command(flatten)]
-    pub device: DeviceArgs,
+    pub run: RunArgs,
 }
 
 /// Which stage `bench` times.
@@ -394,6 +402,8 @@ pub enum BenchStage {
     Perceptual,
     /// Forward of the FID Inception network (299x299, `--batch` images).
     Inception,
+    /// The device's measured float32 arithmetic peak (burn's throughput probe; GPU backends).
+    Peak,
 }
 
 /// Arguments of `bench`.
@@ -405,7 +415,8 @@ pub struct BenchArgs {
     /// Config preset or JSON file (tokenizer stage; its perceptual.weights is used by both).
     #[arg(long, default_value = "tiny")]
     pub config: String,
-    /// Override a config value (repeatable).
+    /// Override a value of the stage's config (the tokenizer's, or the transformer's for the
+    /// transformer and sample stages; repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
     /// Timed steps.
@@ -432,6 +443,10 @@ pub struct BenchArgs {
     /// FID Inception weights for the inception stage.
     #[arg(long, default_value = DEFAULT_WEIGHTS)]
     pub inception_weights: PathBuf,
+    /// Data-parallel replicas for the tokenizer, decoder and transformer stages: device
+    /// indices of the `--device` kind (as `train-tokenizer --devices`).
+    #[arg(long, value_delimiter = ',', value_name = "I,J,...")]
+    pub devices: Vec<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }

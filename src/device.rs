@@ -48,6 +48,59 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
     Ok(device)
 }
 
+/// The devices of a data-parallel run: device `i` of the chosen kind for each index (one
+/// device, as [`open`] picks it, when `indices` is empty). An index may repeat (several
+/// replicas on one device). `auto` resolves to a kind first.
+pub fn open_replicas(choice: DeviceChoice, indices: &[usize]) -> Result<Vec<Device>> {
+    let first = open(choice)?;
+    if indices.is_empty() {
+        return Ok(vec![first]);
+    }
+    let kind = kind_of(&first);
+    let devices = indices
+        .iter()
+        .map(|&i| nth_device(kind, i, &first))
+        .collect::<Result<Vec<_>>>()?;
+    eprintln!(
+        "devices: {} replicas: {}",
+        devices.len(),
+        devices.iter().map(describe).collect::<Vec<_>>().join("; ")
+    );
+    Ok(devices)
+}
+
+/// Device `i` of a kind: CPU replicas all share the CPU device; wgpu indexes its adapters in
+/// the order burn enumerates them (discrete GPUs first).
+fn nth_device(kind: DeviceChoice, i: usize, first: &Device) -> Result<Device> {
+    match kind {
+        DeviceChoice::Cpu => Ok(first.clone()),
+        DeviceChoice::Wgpu => {
+            let all = Device::enumerate(burn::tensor::DeviceType::Wgpu).into_vec();
+            match all.get(i) {
+                Some(d) => Ok(probe(d.clone())),
+                None => bail!(
+                    "--devices {i}: wgpu has {} adapter(s) (indices 0..{})",
+                    all.len(),
+                    all.len()
+                ),
+            }
+        }
+        DeviceChoice::Cuda => open_cuda_index(i),
+        DeviceChoice::Auto => unreachable!("open resolves auto"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda_index(i: usize) -> Result<Device> {
+    std::panic::catch_unwind(|| probe(Device::cuda(i)))
+        .map_err(|_| anyhow::anyhow!("--devices {i}: CUDA device {i} could not be opened"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda_index(_: usize) -> Result<Device> {
+    open_cuda()
+}
+
 /// The device a training command runs on: the `--device` flag when given, else the kind the run
 /// was trained on (`recorded`, for `--resume`), else `auto`.
 pub fn for_run(flag: Option<DeviceChoice>, recorded: Option<DeviceChoice>) -> DeviceChoice {

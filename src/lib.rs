@@ -1,16 +1,22 @@
 //! seqgan: SeQ-GAN tokenizers and generators on burn. The binary is a thin CLI over this library.
+//!
+//! Layers, each importing only from those below it:
+//! - [`cli`], [`commands`]: argument parsing and one handler per subcommand;
+//! - [`stages`]: phase 1, phase 2 and the transformer as stages of the training driver;
+//! - [`tokenizer`], [`transformer`], [`perceptual`], [`pretrained`], [`eval`], [`data`]: models,
+//!   losses, pretrained networks, metrics and data;
+//! - [`run`], [`config`], [`device`]: run folders, checkpoints, metrics, progress, the driver,
+//!   config mechanics, devices.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
-pub mod encode;
 pub mod eval;
-pub mod image_io;
 pub mod perceptual;
-pub mod plot;
-pub mod reconstruct;
-pub mod sample;
+pub mod pretrained;
+pub mod run;
+pub mod stages;
 pub mod tokenizer;
-pub mod train;
 pub mod transformer;

@@ -1,7 +1,7 @@
 //! The image pipeline turns every kind of bad input into a counted skip or a clear error.
 
 use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
-use seqgan::data::{Dataset, Loader, Order};
+use seqgan::data::{Dataset, Loader, LoaderSpec};
 use std::path::Path;
 
 fn write_good(dir: &Path) {
@@ -61,7 +61,7 @@ fn every_format_becomes_rgb() {
     let ds = Dataset::open(dir.path().to_str().unwrap(), 0).unwrap();
     assert_eq!(ds.class_names(), vec!["a", "b"]);
     assert_eq!(ds.len(), 3 + 6);
-    let batches: Vec<_> = Loader::new(ds.clone(), 16, 4, Order::Sequential, 0, 2, 1)
+    let batches: Vec<_> = Loader::new(ds.clone(), LoaderSpec::sequential(16, 4).workers(2, 1))
         .unwrap()
         .collect();
     let n: usize = batches.iter().map(|b| b.len()).sum();
@@ -85,19 +85,8 @@ fn unreadable_files_are_skipped_and_counted() {
     let ds = Dataset::open(dir.path().to_str().unwrap(), 0).unwrap();
     assert_eq!(ds.len(), 12);
     // Training order: bad files are replaced by readable ones, batches stay full.
-    let mut loader = Loader::new(
-        ds.clone(),
-        16,
-        4,
-        Order::Train {
-            seed: 1,
-            hflip: true,
-        },
-        0,
-        2,
-        1,
-    )
-    .unwrap();
+    let mut loader =
+        Loader::new(ds.clone(), LoaderSpec::train(16, 4, 1, true).workers(2, 1)).unwrap();
     for _ in 0..6 {
         assert_eq!(loader.next_batch().unwrap().len(), 4);
     }
@@ -112,7 +101,7 @@ fn unreadable_files_are_skipped_and_counted() {
     assert!(names.contains(&"garbage.jpg".to_string()));
     assert!(names.contains(&"empty.webp".to_string()));
     // Evaluation order: skipped, not substituted.
-    let n: usize = Loader::new(ds, 16, 5, Order::Sequential, 0, 1, 1)
+    let n: usize = Loader::new(ds, LoaderSpec::sequential(16, 5).workers(1, 1))
         .unwrap()
         .map(|b| b.len())
         .sum();
@@ -145,22 +134,28 @@ fn missing_or_empty_folders_are_clear_errors() {
     assert!(err.contains("builtin:shapes"), "{err}");
 }
 
+/// A flat folder is one class where that is asked for (evaluation sets, single-class data),
+/// and an error where labels matter (every image would silently get label 0).
 #[test]
-fn flat_folder_is_one_class() {
+fn flat_folder_is_one_class_only_when_allowed() {
     let dir = tempfile::tempdir().unwrap();
     ImageBuffer::from_fn(8, 8, |_, _| Rgb([1u8, 2, 3]))
         .save(dir.path().join("x.png"))
         .unwrap();
-    let ds = Dataset::open(dir.path().to_str().unwrap(), 0).unwrap();
+    let ds = Dataset::open_images(dir.path().to_str().unwrap(), 0).unwrap();
     assert_eq!(ds.len(), 1);
     assert_eq!(ds.class_names().len(), 1);
+    let err = Dataset::open(dir.path().to_str().unwrap(), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("single_class"), "{err}");
 }
 
 #[test]
 fn builtin_shapes_has_ten_classes_at_any_resolution() {
     let ds = Dataset::open("builtin:shapes", 50).unwrap();
     assert_eq!(ds.class_names().len(), 10);
-    let b = Loader::new(ds, 48, 10, Order::Sequential, 0, 1, 1)
+    let b = Loader::new(ds, LoaderSpec::sequential(48, 10).workers(1, 1))
         .unwrap()
         .next_batch()
         .unwrap();

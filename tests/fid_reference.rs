@@ -8,11 +8,11 @@ mod common;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use seqgan::eval::fid::{Moments, Stats, frechet_distance};
-use seqgan::eval::inception::{
+use seqgan::eval::linalg::Mat;
+use seqgan::pretrained::WeightFile;
+use seqgan::pretrained::inception::{
     DEFAULT_WEIGHTS, FETCH_SCRIPT, FidInception, InputRange, resize_299,
 };
-use seqgan::eval::linalg::Mat;
-use seqgan::perceptual::WeightFile;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

@@ -7,14 +7,15 @@ use burn::module::Module;
 use burn::store::ModuleSnapshot;
 use burn::tensor::{Device, Int, Tensor};
 use common::*;
-use seqgan::config::{self, RunKind, TokenizerRunConfig};
-use seqgan::data::{Dataset, Loader, Order};
+use seqgan::config::{self, RunKind};
+use seqgan::data::{Dataset, Loader, LoaderSpec};
+use seqgan::eval::metrics::psnr_8bit;
 use seqgan::perceptual::PerceptualLoss;
-use seqgan::reconstruct::psnr_u8;
+use seqgan::stages::gan::{GanPhase, GanState};
+use seqgan::stages::phase2::phase2_config;
+use seqgan::stages::tokenizer::{Start, train_tokenizer};
+use seqgan::tokenizer::TokenizerRunConfig;
 use seqgan::tokenizer::{TrainedTokenizer, VqModel};
-use seqgan::train::decoder::phase2_config;
-use seqgan::train::gan::{GanLoop, GanState, batch_tensor};
-use seqgan::train::tokenizer::{Start, train_tokenizer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -29,16 +30,16 @@ fn weights_set() -> String {
 /// 64 held-out images (the same for every call).
 fn held_out(device: &Device) -> Vec<Tensor<4>> {
     let ds = Dataset::open("builtin:shapes:val", 64).unwrap();
-    Loader::new(ds, 32, 16, Order::Sequential, 0, 1, 1)
+    Loader::new(ds, LoaderSpec::sequential(32, 16).workers(1, 1))
         .unwrap()
-        .map(|b| batch_tensor(&b, device))
+        .map(|b| b.to_tensor(device))
         .collect()
 }
 
 fn mean_psnr(model: &VqModel, xs: &[Tensor<4>]) -> f64 {
     let all: Vec<f64> = xs
         .iter()
-        .flat_map(|x| psnr_u8(x.clone(), model.forward(x.clone(), 1.0).0))
+        .flat_map(|x| psnr_8bit(x.clone(), model.forward(x.clone(), 1.0).0).unwrap())
         .collect();
     all.iter().sum::<f64>() / all.len() as f64
 }
@@ -79,8 +80,8 @@ fn phase2_starts_as_phase1_keeps_tokens_improves_and_resumes_bit_exactly() {
     let device = Device::flex();
     let tmp = tempfile::tempdir().unwrap();
     let p1_dir = tmp.path().join("p1");
-    let p1_cfg: TokenizerRunConfig = config::resolve(
-        Some("tiny"),
+    let p1_cfg: TokenizerRunConfig = config::from_preset(
+        "tiny",
         &[format!("train.steps={PHASE1_STEPS}"), weights_set()],
     )
     .unwrap();
@@ -95,11 +96,7 @@ fn phase2_starts_as_phase1_keeps_tokens_improves_and_resumes_bit_exactly() {
     assert!(cfg.model.attention.enabled && cfg.perceptual.alpha == 0.0);
     let ad = device.clone().autodiff();
     let perceptual = PerceptualLoss::new(&cfg.perceptual, &ad).unwrap();
-    let lp = GanLoop {
-        cfg: &cfg,
-        device: ad.clone(),
-        perceptual: &perceptual,
-    };
+    let lp = GanPhase::new(&cfg, ad.clone(), &perceptual);
     let p1_ad = TrainedTokenizer::load(&p1_dir, &ad).unwrap();
     let st0 = lp.init_from_phase1(p1_ad.model.clone(), p1_ad.load_discriminator(&ad).unwrap());
     assert!(st0.model.decoder.attention_params() > 0);
@@ -210,7 +207,7 @@ fn phase2_starts_as_phase1_keeps_tokens_improves_and_resumes_bit_exactly() {
     // A corrupt phase-1 checkpoint: the new run fails naming the file.
     let corrupt = tmp.path().join("corrupt");
     copy_dir(&p1_dir, &corrupt);
-    let (ckpt, _) = seqgan::train::checkpoint::RunDir::open(&corrupt, RunKind::Tokenizer)
+    let (ckpt, _) = seqgan::run::RunDir::open(&corrupt, RunKind::Tokenizer)
         .unwrap()
         .require_latest()
         .unwrap();
@@ -244,8 +241,8 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn paper256_phase2_counts_57_9m_parameters() {
     let _serial = common::rng_lock();
-    let base: TokenizerRunConfig = config::resolve(Some("paper256"), &[]).unwrap();
-    let cfg = seqgan::train::decoder::as_phase2(&base, "phase2", &[]).unwrap();
+    let base: TokenizerRunConfig = config::from_preset("paper256", &[]).unwrap();
+    let cfg = seqgan::stages::phase2::as_phase2(&base, "phase2", &[]).unwrap();
     let model = VqModel::new(&cfg.model, &Device::flex());
     let counts = model.param_counts();
     let total: usize = counts.iter().map(|(_, n)| n).sum();

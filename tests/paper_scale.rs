@@ -105,41 +105,29 @@ fn every_stage_runs_at_the_paper_configs() {
     // Phase 2 with the README's command and the default `phase2` patch (the paper's L_low:
     // per-layer feature MSE), then with the LPIPS form, whose heads come from their own file
     // (torchvision's .pth has none).
-    let log = seqgan(
-        dir,
-        &[
-            "finetune-decoder",
-            "--tokenizer",
-            "runs/tok256",
-            "--out",
-            "runs/dec256",
-            "--set",
-            "train.steps=1",
-        ],
-    );
-    assert!(log.contains("L_low = 5 taps"), "{log}");
-    let metrics = std::fs::read_to_string(dir.join("runs/dec256/metrics.jsonl")).unwrap();
-    assert!(metrics.contains("\"l_low\""), "{metrics}");
-    let log = seqgan(
-        dir,
-        &[
-            "finetune-decoder",
-            "--tokenizer",
-            "runs/tok256",
-            "--out",
+    for (out, extra, expected) in [
+        ("runs/dec256", None, "L_low = 5 taps"),
+        (
             "runs/dec256-lpips",
+            Some("perceptual.lpips_low=true"),
+            "L_low = LPIPS (weights weights/vgg16-397923af.pth + weights/vgg16.safetensors)",
+        ),
+    ] {
+        let mut args = vec![
+            "finetune-decoder",
+            "--tokenizer",
+            "runs/tok256",
+            "--out",
+            out,
             "--set",
             "train.steps=1",
-            "--set",
-            "perceptual.lpips_low=true",
-        ],
-    );
-    assert!(
-        log.contains(
-            "L_low = LPIPS (weights weights/vgg16-397923af.pth + weights/vgg16.safetensors)"
-        ),
-        "heads from their own file: {log}"
-    );
+        ];
+        args.extend(extra.iter().flat_map(|set| ["--set", set]));
+        let log = seqgan(dir, &args);
+        assert!(log.contains(expected), "{expected}: {log}");
+        let metrics = std::fs::read_to_string(dir.join(out).join("metrics.jsonl")).unwrap();
+        assert!(metrics.contains("\"l_low\""), "{metrics}");
+    }
 
     seqgan(
         dir,

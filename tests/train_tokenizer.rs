@@ -7,18 +7,19 @@ use burn::module::Module;
 use burn::store::ModuleSnapshot;
 use burn::tensor::Device;
 use common::*;
-use seqgan::config::{self, RunKind, TokenizerRunConfig};
-use seqgan::data::{Dataset, Loader, Order};
+use seqgan::config::{self, RunKind};
+use seqgan::data::{Dataset, Loader, LoaderSpec};
+use seqgan::stages::gan::GanState;
+use seqgan::stages::tokenizer::{Start, train_tokenizer};
+use seqgan::tokenizer::TokenizerRunConfig;
 use seqgan::tokenizer::VqModel;
-use seqgan::train::gan::{GanState, batch_tensor};
-use seqgan::train::tokenizer::{Start, train_tokenizer};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::AtomicBool;
 
 fn tiny(sets: &[&str]) -> TokenizerRunConfig {
     let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     sets.push(format!("perceptual.weights={}", vgg_weights().display()));
-    config::resolve(Some("tiny"), &sets).unwrap()
+    config::from_preset("tiny", &sets).unwrap()
 }
 
 /// Mean L1 and codebook usage of `model` on 64 held-out images.
@@ -27,8 +28,13 @@ fn held_out(model: &VqModel, cfg: &TokenizerRunConfig, device: &Device) -> (f64,
     let mut l1 = 0.0;
     let mut n = 0.0;
     let mut used = HashSet::new();
-    for batch in Loader::new(ds, cfg.model.resolution, 16, Order::Sequential, 0, 1, 1).unwrap() {
-        let x = batch_tensor(&batch, device);
+    for batch in Loader::new(
+        ds,
+        LoaderSpec::sequential(cfg.model.resolution, 16).workers(1, 1),
+    )
+    .unwrap()
+    {
+        let x = batch.to_tensor(device);
         let (x_hat, q) = model.forward(x.clone(), 1.0);
         l1 += (x_hat - x).abs().mean().into_scalar::<f32>() as f64 * batch.len() as f64;
         n += batch.len() as f64;
@@ -120,7 +126,7 @@ fn learns_keeps_usage_and_resumes_bit_exactly() {
     // 150 steps, then resume to 300.
     let b_dir = tmp.path().join("b");
     let half = TokenizerRunConfig {
-        train: seqgan::config::TrainConfig {
+        train: seqgan::tokenizer::TrainConfig {
             steps: 150,
             ..cfg.train.clone()
         },
@@ -179,7 +185,7 @@ fn learns_keeps_usage_and_resumes_bit_exactly() {
 #[test]
 fn paper256_counts_54_5m_parameters() {
     let _serial = common::rng_lock();
-    let cfg: TokenizerRunConfig = config::resolve(Some("paper256"), &[]).unwrap();
+    let cfg: TokenizerRunConfig = config::from_preset("paper256", &[]).unwrap();
     let model = VqModel::new(&cfg.model, &Device::flex());
     let total: usize = model.param_counts().iter().map(|(_, n)| n).sum();
     let want = 54.5e6;

@@ -6,12 +6,15 @@ mod common;
 use burn::module::Module;
 use burn::store::ModuleSnapshot;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use seqgan::config::{self, RunKind, TokenizerRunConfig};
+use seqgan::commands::encode::encode;
+use seqgan::config::{self, RunKind};
 use seqgan::data::Dataset;
+use seqgan::data::Layout;
 use seqgan::data::tokens::TokenFile;
-use seqgan::encode::encode;
+use seqgan::stages::transformer::{Start, new_config, train_transformer};
+use seqgan::tokenizer::TokenizerRunConfig;
 use seqgan::tokenizer::{TrainedTokenizer, VqModel};
-use seqgan::train::transformer::{Start, build, new_config, train_transformer};
+use seqgan::transformer::build;
 use seqgan::transformer::{Arch, TransformerRunConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +23,7 @@ use std::sync::atomic::AtomicBool;
 /// An untrained tiny tokenizer (deterministic): its token maps are a fixed function of the
 /// images, which is all these tests need.
 fn tokenizer(device: &Device) -> TrainedTokenizer {
-    let cfg: TokenizerRunConfig = config::resolve(Some("tiny"), &[]).unwrap();
+    let cfg: TokenizerRunConfig = config::from_preset("tiny", &[]).unwrap();
     device.seed(11);
     TrainedTokenizer {
         model: VqModel::new(&cfg.model, device),
@@ -61,7 +64,8 @@ fn encode_writes_flips_equal_to_encoding_mirrored_images() {
     write_folder(&mirror, 12, true);
     let file = |data: &Path, flip: bool, name: &str| {
         let out = tmp.path().join(name);
-        encode(&tok, data.to_str().unwrap(), &out, flip, 5, None, &device).unwrap();
+        let data = data.to_str().unwrap();
+        encode(&tok, data, Layout::Classes, &out, flip, 5, None, &device).unwrap();
         TokenFile::read(&out).unwrap()
     };
     let a = file(&plain, false, "a.bin");
@@ -91,6 +95,7 @@ fn shapes_tokens(dir: &Path, device: &Device) -> std::path::PathBuf {
     encode(
         &tokenizer(device),
         "builtin:shapes",
+        Layout::Classes,
         &out,
         false,
         64,

@@ -6,8 +6,9 @@ mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
-use seqgan::config::{self, TokenizerRunConfig};
+use seqgan::config;
 use seqgan::perceptual::PerceptualLoss;
+use seqgan::tokenizer::TokenizerRunConfig;
 use seqgan::tokenizer::VqModel;
 
 #[test]
@@ -16,7 +17,7 @@ fn wgpu_matches_cpu_on_tokenizer_and_perceptual_loss() {
     let cpu = Device::flex();
     let mut sets = vec![format!("perceptual.weights={}", vgg_weights().display())];
     sets.push("perceptual.alpha=0.5".into());
-    let cfg: TokenizerRunConfig = config::resolve(Some("tiny"), &sets).unwrap();
+    let cfg: TokenizerRunConfig = config::from_preset("tiny", &sets).unwrap();
     // Same weights on both devices: build on CPU, move the record.
     cpu.seed(3);
     let model_cpu = VqModel::new(&cfg.model, &cpu);

@@ -135,6 +135,25 @@ pub fn import(
         labels.display(),
         lab.dims[0]
     );
+    ensure!(
+        rows > 0 && cols > 0,
+        "{}: images are {rows}x{cols}; nothing to write",
+        images.display()
+    );
+    // Without names, labels are digits 0..=9 (MNIST); with names, indices into them.
+    let allowed = if names.is_empty() { 10 } else { names.len() };
+    if let Some(bad) = lab.data.iter().find(|l| **l as usize >= allowed) {
+        let given = if names.is_empty() {
+            "--classes digits (10 classes)".to_string()
+        } else {
+            format!("the {} class names given", names.len())
+        };
+        bail!(
+            "{}: label {bad} is out of range for {given} (0..{allowed}); pass the class names \
+             in label order with --classes",
+            labels.display()
+        );
+    }
     let classes = lab.data.iter().map(|l| *l as usize + 1).max().unwrap_or(1);
     let folders = folder_names(names, classes)?;
     let n = limit.unwrap_or(n).min(n);

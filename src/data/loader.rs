@@ -5,13 +5,11 @@
 //! ahead into bounded queues (one per worker, read round-robin), so the order never depends on
 //! thread timing and resuming at batch `k` reproduces the exact stream.
 
-use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::JoinHandle;
-
 use super::Dataset;
+use super::pool::OrderedPool;
 use super::transform::{Crop, push_chw, resize_crop};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 
 /// A batch of images as NCHW floats in [-1, 1] plus labels and dataset indices.
 #[derive(Clone, Debug)]
@@ -29,6 +27,38 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// The images on `device` as `[B, 3, res, res]`.
+    pub fn to_tensor(&self, device: &Device) -> Tensor<4> {
+        let n = self.len();
+        Tensor::from_data(
+            TensorData::new(self.images.clone(), [n, 3, self.res, self.res]),
+            device,
+        )
+    }
+
+    /// `parts` consecutive shards of equal size (the batch length must be a multiple of it).
+    pub fn split(&self, parts: usize) -> Vec<Batch> {
+        let per = self.len() / parts;
+        let px = 3 * self.res * self.res;
+        (0..parts)
+            .map(|r| Batch {
+                images: self.images[r * per * px..(r + 1) * per * px].to_vec(),
+                labels: self.labels[r * per..(r + 1) * per].to_vec(),
+                indices: self.indices[r * per..(r + 1) * per].to_vec(),
+                res: self.res,
+            })
+            .collect()
+    }
+
+    /// Keeps the first `n` images.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.images.truncate(n * 3 * self.res * self.res);
+            self.labels.truncate(n);
+            self.indices.truncate(n);
+        }
+    }
 }
 
 /// Which images a batch holds.
@@ -42,9 +72,7 @@ pub enum Order {
 
 /// Background batch producer.
 pub struct Loader {
-    receivers: Vec<Receiver<Batch>>,
-    next: usize,
-    handles: Vec<JoinHandle<()>>,
+    pool: OrderedPool<Batch>,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -124,18 +152,68 @@ impl Plan {
     }
 }
 
+/// What a [`Loader`] produces: image side, batch size, order, first batch, threads.
+#[derive(Clone, Copy, Debug)]
+pub struct LoaderSpec {
+    pub res: usize,
+    pub batch: usize,
+    pub order: Order,
+    /// Index of the first batch (a resumed run's position).
+    pub start: usize,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Batches queued ahead per thread.
+    pub prefetch: usize,
+}
+
+impl LoaderSpec {
+    /// Endless shuffled epochs with random crops (and flips with `hflip`), from batch 0, on 2
+    /// threads with 2 batches queued each.
+    pub fn train(res: usize, batch: usize, seed: u64, hflip: bool) -> Self {
+        Self {
+            res,
+            batch,
+            order: Order::Train { seed, hflip },
+            start: 0,
+            workers: 2,
+            prefetch: 2,
+        }
+    }
+
+    /// One pass in index order with centre crops, on 2 threads with 2 batches queued each.
+    pub fn sequential(res: usize, batch: usize) -> Self {
+        Self {
+            order: Order::Sequential,
+            ..Self::train(res, batch, 0, false)
+        }
+    }
+
+    /// Starts at batch `k`.
+    pub fn start_at(self, k: usize) -> Self {
+        Self { start: k, ..self }
+    }
+
+    /// Decodes on `workers` threads with `prefetch` batches queued per thread.
+    pub fn workers(self, workers: usize, prefetch: usize) -> Self {
+        Self {
+            workers,
+            prefetch,
+            ..self
+        }
+    }
+}
+
 impl Loader {
-    /// Starts `workers` threads producing batches `start, start+1, ...` with `prefetch`
-    /// batches queued per worker.
-    pub fn new(
-        dataset: Dataset,
-        res: usize,
-        batch: usize,
-        order: Order,
-        start: usize,
-        workers: usize,
-        prefetch: usize,
-    ) -> anyhow::Result<Self> {
+    /// Starts the spec's threads producing batches `start, start+1, ...`.
+    pub fn new(dataset: Dataset, spec: LoaderSpec) -> anyhow::Result<Self> {
+        let LoaderSpec {
+            res,
+            batch,
+            order,
+            start,
+            workers,
+            prefetch,
+        } = spec;
         anyhow::ensure!(batch > 0, "batch size must be > 0");
         if let Order::Train { .. } = order {
             anyhow::ensure!(
@@ -145,43 +223,21 @@ impl Loader {
                 dataset.len()
             );
         }
-        let plan = Arc::new(Plan {
+        let plan = Plan {
             dataset,
             res,
             batch,
             order,
+        };
+        let pool = OrderedPool::new(workers, prefetch, start, move |k, cache| {
+            plan.make(k, cache)
         });
-        let workers = workers.max(1);
-        let mut receivers = Vec::with_capacity(workers);
-        let mut handles = Vec::with_capacity(workers);
-        for w in 0..workers {
-            let (tx, rx): (SyncSender<Batch>, Receiver<Batch>) = sync_channel(prefetch.max(1));
-            let plan = plan.clone();
-            handles.push(std::thread::spawn(move || {
-                let mut cache = None;
-                let mut k = start + w;
-                while let Some(batch) = plan.make(k, &mut cache) {
-                    if tx.send(batch).is_err() {
-                        return; // loader dropped
-                    }
-                    k += workers;
-                }
-            }));
-            receivers.push(rx);
-        }
-        Ok(Self {
-            receivers,
-            next: 0,
-            handles,
-        })
+        Ok(Self { pool })
     }
 
     /// Blocks until the next batch in order is ready; `None` at the end of a sequential pass.
     pub fn next_batch(&mut self) -> Option<Batch> {
-        let w = self.next % self.receivers.len();
-        let batch = self.receivers[w].recv().ok()?;
-        self.next += 1;
-        Some(batch)
+        self.pool.next()
     }
 }
 
@@ -189,15 +245,6 @@ impl Iterator for Loader {
     type Item = Batch;
     fn next(&mut self) -> Option<Batch> {
         self.next_batch()
-    }
-}
-
-impl Drop for Loader {
-    fn drop(&mut self) {
-        self.receivers.clear(); // unblocks workers waiting on a full queue
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
     }
 }
 
@@ -231,15 +278,12 @@ mod tests {
 
     #[test]
     fn order_is_deterministic_and_resumable() {
-        let order = Order::Train {
-            seed: 3,
-            hflip: true,
-        };
-        let a: Vec<_> = Loader::new(shapes(20), 16, 4, order, 0, 3, 2)
+        let spec = LoaderSpec::train(16, 4, 3, true);
+        let a: Vec<_> = Loader::new(shapes(20), spec.workers(3, 2))
             .unwrap()
             .take(12)
             .collect();
-        let b: Vec<_> = Loader::new(shapes(20), 16, 4, order, 7, 1, 1)
+        let b: Vec<_> = Loader::new(shapes(20), spec.start_at(7).workers(1, 1))
             .unwrap()
             .take(5)
             .collect();
@@ -256,7 +300,7 @@ mod tests {
 
     #[test]
     fn sequential_covers_all_once() {
-        let batches: Vec<_> = Loader::new(shapes(10), 8, 4, Order::Sequential, 0, 2, 1)
+        let batches: Vec<_> = Loader::new(shapes(10), LoaderSpec::sequential(8, 4).workers(2, 1))
             .unwrap()
             .collect();
         assert_eq!(
@@ -269,21 +313,10 @@ mod tests {
 
     #[test]
     fn too_small_dataset_is_an_error() {
-        let err = Loader::new(
-            shapes(3),
-            8,
-            4,
-            Order::Train {
-                seed: 0,
-                hflip: false,
-            },
-            0,
-            1,
-            1,
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let err = Loader::new(shapes(3), LoaderSpec::train(8, 4, 0, false).workers(1, 1))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("fewer than one batch"), "{err}");
     }
 }

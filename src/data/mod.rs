@@ -1,8 +1,13 @@
-//! Data: image folders and the built-in dataset, transforms, and a threaded batch loader.
+//! Data: image folders and the built-in dataset, transforms, a threaded batch loader, image
+//! tensors <-> PNGs, and the token file format.
 
+pub mod config;
 pub mod folder;
 pub mod idx;
+pub mod image_io;
 pub mod loader;
+pub mod pass;
+pub mod pool;
 pub mod shapes;
 pub mod tokens;
 pub mod transform;
@@ -11,8 +16,10 @@ use anyhow::{Result, bail};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
-pub use folder::ImageFolder;
-pub use loader::{Batch, Loader, Order};
+pub use config::DataConfig;
+pub use folder::{ImageFolder, Layout};
+pub use loader::{Batch, Loader, LoaderSpec, Order};
+pub use pass::for_each_batch;
 pub use shapes::Shapes;
 
 /// Index offset of the held-out split of `builtin:shapes` (`builtin:shapes:val`).
@@ -28,8 +35,20 @@ pub enum Dataset {
 }
 
 impl Dataset {
-    /// `spec` is a folder path, `builtin:shapes` or `builtin:shapes:val`.
+    /// `spec` is a class-folder path (`root/<class>/<image>`), `builtin:shapes` or
+    /// `builtin:shapes:val`.
     pub fn open(spec: &str, builtin_len: usize) -> Result<Self> {
+        Self::open_with(spec, builtin_len, Layout::Classes)
+    }
+
+    /// Like [`Dataset::open`], also accepting a flat folder of images as one class (evaluation
+    /// sets and sample folders, where labels do not matter).
+    pub fn open_images(spec: &str, builtin_len: usize) -> Result<Self> {
+        Self::open_with(spec, builtin_len, Layout::AllowFlat)
+    }
+
+    /// `spec` read with the given folder layout rule.
+    pub fn open_with(spec: &str, builtin_len: usize, layout: Layout) -> Result<Self> {
         match spec {
             "builtin:shapes" => Ok(Self::Shapes(Shapes::new(builtin_len, 0))),
             "builtin:shapes:val" => Ok(Self::Shapes(Shapes::new(builtin_len, SHAPES_VAL_OFFSET))),
@@ -38,7 +57,15 @@ impl Dataset {
                     "unknown built-in dataset `{s}` (available: builtin:shapes, builtin:shapes:val)"
                 )
             }
-            s => Ok(Self::Folder(ImageFolder::open(Path::new(s))?)),
+            s => Ok(Self::Folder(ImageFolder::open(Path::new(s), layout)?)),
+        }
+    }
+
+    /// Skips folder images with more than `max_pixels` pixels, before decoding them.
+    pub fn with_max_pixels(self, max_pixels: u64) -> Self {
+        match self {
+            Self::Folder(f) => Self::Folder(f.with_max_pixels(max_pixels)),
+            other => other,
         }
     }
 
@@ -89,6 +116,35 @@ impl Dataset {
         }
     }
 
+    /// Checks, before any model is built, that at least `needed` images can be read: decodes
+    /// images in order until `needed` succeed. An error gives the real count and the first
+    /// failures.
+    pub fn ensure_loadable(&self, needed: usize, res: usize) -> Result<()> {
+        let mut ok = 0;
+        for index in 0..self.len() {
+            if ok >= needed {
+                break;
+            }
+            ok += usize::from(self.load(index, res).is_some());
+        }
+        if ok < needed {
+            let failures: Vec<String> = self
+                .skipped()
+                .iter()
+                .take(3)
+                .map(|(p, why)| format!("{}: {why}", p.display()))
+                .collect();
+            bail!(
+                "{}: only {ok} of {} images could be read, fewer than one batch of {needed} \
+                 (first failures: {})",
+                self.describe(),
+                self.len(),
+                failures.join("; ")
+            );
+        }
+        Ok(())
+    }
+
     /// Unreadable files met so far.
     pub fn skipped(&self) -> Vec<(PathBuf, String)> {
         match self {
@@ -103,7 +159,10 @@ impl Dataset {
         if skipped.is_empty() {
             return;
         }
-        eprintln!("skipped {} unreadable image file(s):", skipped.len());
+        eprintln!(
+            "skipped {} image file(s) that could not be read or were too large:",
+            skipped.len()
+        );
         for (path, reason) in skipped.iter().take(10) {
             eprintln!("  {}: {reason}", path.display());
         }

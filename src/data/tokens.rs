@@ -58,9 +58,41 @@ impl TokenHeader {
     }
 }
 
-/// Streaming writer of a token file.
+/// Largest codebook a token file can hold (codes are u16).
+pub const MAX_CODEBOOK: usize = 1 << 16;
+/// Most classes a token file may name (the transformer embeds one token per class).
+pub const MAX_CLASSES: usize = 1 << 16;
+/// Most tokens per map (h x w; 256x256 tokens).
+pub const MAX_TOKENS_PER_MAP: usize = 1 << 16;
+
+impl TokenHeader {
+    /// Checks every field against what the format holds; `what` names the file in errors.
+    pub fn check(&self, what: &str) -> Result<()> {
+        ensure!(
+            (2..=MAX_CODEBOOK).contains(&self.codebook_size),
+            "{what}: codebook_size {} is out of range (2..={MAX_CODEBOOK}: codes are u16)",
+            self.codebook_size
+        );
+        let tokens = self.h.saturating_mul(self.w);
+        ensure!(
+            self.h > 0 && self.w > 0 && tokens <= MAX_TOKENS_PER_MAP,
+            "{what}: token grid {}x{} is out of range (1..={MAX_TOKENS_PER_MAP} tokens per map)",
+            self.h,
+            self.w
+        );
+        ensure!(
+            self.class_names.len() <= MAX_CLASSES,
+            "{what}: {} classes, at most {MAX_CLASSES} are supported",
+            self.class_names.len()
+        );
+        Ok(())
+    }
+}
+
+/// Streaming writer of a token file. Dropped before [`TokenWriter::finish`] (an error, Ctrl-C),
+/// it removes its temporary file.
 pub struct TokenWriter {
-    out: BufWriter<File>,
+    out: Option<BufWriter<File>>,
     tmp: PathBuf,
     path: PathBuf,
     header: TokenHeader,
@@ -69,11 +101,7 @@ pub struct TokenWriter {
 
 impl TokenWriter {
     pub fn create(path: &Path, header: TokenHeader) -> Result<Self> {
-        ensure!(
-            header.codebook_size <= 1 << 16,
-            "codebook size {} does not fit u16 codes",
-            header.codebook_size
-        );
+        header.check(&path.display().to_string())?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -87,7 +115,7 @@ impl TokenWriter {
         out.write_all(&0u64.to_le_bytes())?;
         out.write_all(&json)?;
         Ok(Self {
-            out,
+            out: Some(out),
             tmp,
             path: path.to_path_buf(),
             header,
@@ -108,7 +136,11 @@ impl TokenWriter {
         for c in codes {
             buf.extend_from_slice(&c.to_le_bytes());
         }
-        self.out.write_all(&buf)?;
+        self.out
+            .as_mut()
+            .expect("open until finish")
+            .write_all(&buf)
+            .with_context(|| format!("writing {}", self.tmp.display()))?;
         self.count += 1;
         Ok(())
     }
@@ -118,9 +150,11 @@ impl TokenWriter {
     }
 
     /// Writes the count, syncs and renames into place.
-    pub fn finish(self) -> Result<u64> {
+    pub fn finish(mut self) -> Result<u64> {
         let mut file = self
             .out
+            .take()
+            .expect("open until finish")
             .into_inner()
             .map_err(|e| anyhow::anyhow!("writing {}: {}", self.tmp.display(), e.error()))?;
         file.seek(SeekFrom::Start(16))?;
@@ -129,6 +163,14 @@ impl TokenWriter {
         std::fs::rename(&self.tmp, &self.path)
             .with_context(|| format!("renaming to {}", self.path.display()))?;
         Ok(self.count)
+    }
+}
+
+impl Drop for TokenWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -190,15 +232,15 @@ impl TokenFile {
         file.read_exact(&mut json)?;
         let header: TokenHeader = serde_json::from_slice(&json)
             .with_context(|| format!("{}: corrupt header", path.display()))?;
-        ensure!(
-            header.h > 0 && header.w > 0 && header.codebook_size > 0,
-            "{}: header has an empty token grid or codebook",
-            path.display()
-        );
-        let expected = PREFIX + json_len + count * header.entry_bytes();
+        header.check(&path.display().to_string())?;
+        // Checked against the file's length before anything the count sizes is allocated.
+        let expected = count
+            .checked_mul(header.entry_bytes())
+            .and_then(|b| b.checked_add(PREFIX + json_len))
+            .unwrap_or(usize::MAX);
         ensure!(
             size == expected,
-            "{} is truncated or corrupt: {count} entries of {}x{} tokens need {expected} bytes, the file has {size}",
+            "{} is truncated or corrupt: {count} entries of {}x{} tokens do not fit the file's {size} bytes",
             path.display(),
             header.h,
             header.w
@@ -285,5 +327,77 @@ mod tests {
         std::fs::write(&path, &bad).unwrap();
         let err = TokenFile::read(&path).unwrap_err().to_string();
         assert!(err.contains("codebook size"), "{err}");
+    }
+
+    /// A file made of a prefix and a JSON header (no entries) with the given count.
+    fn crafted(path: &Path, header_json: &str, count: u64) {
+        let mut b = Vec::new();
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&(header_json.len() as u32).to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(header_json.as_bytes());
+        std::fs::write(path, b).unwrap();
+    }
+
+    /// Every header field is bounded by what the format holds and by the file's length, before
+    /// anything is allocated; crafted counts and grids are errors, never overflows.
+    #[test]
+    fn crafted_headers_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.bin");
+        let cases = [
+            (
+                r#"{"codebook_size": 1000000, "h": 2, "w": 2}"#,
+                0,
+                "codebook_size 1000000",
+            ),
+            (
+                r#"{"codebook_size": 1, "h": 2, "w": 2}"#,
+                0,
+                "codebook_size 1",
+            ),
+            (
+                r#"{"codebook_size": 64, "h": 0, "w": 2}"#,
+                0,
+                "token grid 0x2",
+            ),
+            (
+                r#"{"codebook_size": 64, "h": 4294967296, "w": 4294967296}"#,
+                0,
+                "token grid",
+            ),
+            (
+                r#"{"codebook_size": 64, "h": 8, "w": 8}"#,
+                u64::MAX,
+                "do not fit",
+            ),
+            (
+                r#"{"codebook_size": 64, "h": 8, "w": 8}"#,
+                1 << 40,
+                "do not fit",
+            ),
+        ];
+        for (json, count, needle) in cases {
+            crafted(&path, json, count);
+            let err = format!("{:#}", TokenFile::read(&path).unwrap_err());
+            assert!(err.contains(needle), "{json} x {count}: {err}");
+        }
+        let names: Vec<String> = (0..=MAX_CLASSES).map(|i| i.to_string()).collect();
+        let json = serde_json::json!({"codebook_size": 64, "h": 8, "w": 8, "class_names": names});
+        crafted(&path, &json.to_string(), 0);
+        let err = format!("{:#}", TokenFile::read(&path).unwrap_err());
+        assert!(err.contains("classes"), "{err}");
+    }
+
+    #[test]
+    fn an_unfinished_writer_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.bin");
+        let mut w = TokenWriter::create(&path, header()).unwrap();
+        w.push(1, &[0, 1, 2, 3, 4, 5]).unwrap();
+        drop(w); // an error or Ctrl-C before finish
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -18,10 +18,30 @@ pub fn to_rgb(img: DynamicImage) -> RgbImage {
     img.into_rgb8()
 }
 
-/// Resizes so the shorter side is `res`, then crops `res x res`.
+/// Aspect ratios above this are cropped to a square before resizing (see [`resize_crop`]).
+pub const MAX_RESIZE_ASPECT: u32 = 2;
+
+/// Resizes so the shorter side is `res`, then crops `res x res`. An image longer than
+/// [`MAX_RESIZE_ASPECT`] times its shorter side is first cropped (at the same random or centre
+/// position) to a square of its shorter side and that square resized, so a 1 x 200000 image
+/// never becomes a 32 x 6400000 intermediate.
 pub fn resize_crop(img: &RgbImage, res: usize, crop: Crop, rng: &mut impl Rng) -> RgbImage {
     let (w, h) = img.dimensions();
     let res32 = res as u32;
+    let short = w.min(h);
+    if w.max(h) > MAX_RESIZE_ASPECT * short {
+        let (x, y, flip) = crop_position(w, h, short, crop, rng);
+        let square = imageops::crop_imm(img, x, y, short, short).to_image();
+        let mut out = if short == res32 {
+            square
+        } else {
+            imageops::resize(&square, res32, res32, imageops::FilterType::Triangle)
+        };
+        if flip {
+            imageops::flip_horizontal_in_place(&mut out);
+        }
+        return out;
+    }
     let resized;
     let src = if w.min(h) == res32 {
         img
@@ -33,19 +53,24 @@ pub fn resize_crop(img: &RgbImage, res: usize, crop: Crop, rng: &mut impl Rng) -
         &resized
     };
     let (w, h) = src.dimensions();
-    let (x, y, flip) = match crop {
-        Crop::Centre => ((w - res32) / 2, (h - res32) / 2, false),
-        Crop::Random { hflip } => (
-            rng.random_range(0..=w - res32),
-            rng.random_range(0..=h - res32),
-            hflip && rng.random_bool(0.5),
-        ),
-    };
+    let (x, y, flip) = crop_position(w, h, res32, crop, rng);
     let mut out = imageops::crop_imm(src, x, y, res32, res32).to_image();
     if flip {
         imageops::flip_horizontal_in_place(&mut out);
     }
     out
+}
+
+/// Where a `side x side` crop of a `w x h` image starts, and whether it is flipped.
+fn crop_position(w: u32, h: u32, side: u32, crop: Crop, rng: &mut impl Rng) -> (u32, u32, bool) {
+    match crop {
+        Crop::Centre => ((w - side) / 2, (h - side) / 2, false),
+        Crop::Random { hflip } => (
+            rng.random_range(0..=w - side),
+            rng.random_range(0..=h - side),
+            hflip && rng.random_bool(0.5),
+        ),
+    }
 }
 
 /// Appends the image as CHW floats in [-1, 1] (`v / 127.5 - 1`).

@@ -7,16 +7,15 @@ use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
 use rand::{SeedableRng, rngs::StdRng};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
 
 use super::fid::{InceptionScore, Moments, Stats};
 use super::host_f32;
-use super::inception::{FEATURE_DIM, FidInception};
 use super::npz::{self, NpzImages};
 use crate::data::Dataset;
+use crate::data::pool::OrderedPool;
 use crate::data::transform::{Crop, resize_crop};
-use crate::train::progress::Progress;
+use crate::pretrained::inception::{FEATURE_DIM, FidInception};
+use crate::run::Progress;
 
 /// Splits of the Inception Score (the standard 10).
 pub const IS_SPLITS: usize = 10;
@@ -61,7 +60,7 @@ impl ImageSource {
             }
             return Ok(Self::Samples(NpzImages::open(Path::new(spec))?));
         }
-        let dataset = Dataset::open(spec, builtin_len)?;
+        let dataset = Dataset::open_images(spec, builtin_len)?;
         if matches!(dataset, Dataset::Shapes(_)) && res.is_none() {
             bail!("{spec} is drawn at a chosen size: pass --res");
         }
@@ -91,27 +90,25 @@ impl ImageSource {
 
     /// Batches of decoded images in order (unreadable files are skipped and reported at the
     /// end by the caller through [`ImageSource::report`]).
-    fn batches(&self, batch: usize, workers: usize) -> Receiver<Result<Vec<RgbImage>>> {
+    fn batches(
+        &self,
+        batch: usize,
+        workers: usize,
+    ) -> Box<dyn Iterator<Item = Result<Vec<RgbImage>>>> {
         match self {
             Self::Samples(s) => {
-                let (tx, rx) = sync_channel(2);
                 let (h, w) = (s.height as u32, s.width as u32);
-                let raw = s.batches(batch);
-                std::thread::spawn(move || {
-                    for bytes in raw {
-                        let item = bytes.map(|b| {
-                            b.chunks_exact((h * w * 3) as usize)
-                                .map(|px| RgbImage::from_raw(w, h, px.to_vec()).expect("size"))
-                                .collect()
-                        });
-                        if tx.send(item).is_err() {
-                            return;
-                        }
-                    }
-                });
-                rx
+                Box::new(s.batches(batch).into_iter().map(move |bytes| {
+                    bytes.map(|b| {
+                        b.chunks_exact((h * w * 3) as usize)
+                            .map(|px| RgbImage::from_raw(w, h, px.to_vec()).expect("size"))
+                            .collect()
+                    })
+                }))
             }
-            Self::Data { dataset, res } => data_batches(dataset.clone(), *res, batch, workers),
+            Self::Data { dataset, res } => {
+                Box::new(data_batches(dataset.clone(), *res, batch, workers).map(Ok))
+            }
         }
     }
 
@@ -123,56 +120,31 @@ impl ImageSource {
     }
 }
 
-/// Decodes batch `k` on worker `k % workers`; the merged stream keeps index order.
+/// Decodes batch `k` on worker `k % workers`, in index order.
 fn data_batches(
     dataset: Dataset,
     res: Option<usize>,
     batch: usize,
     workers: usize,
-) -> Receiver<Result<Vec<RgbImage>>> {
+) -> OrderedPool<Vec<RgbImage>> {
     let batch = batch.max(1);
-    let workers = workers.max(1);
     let n = dataset.len();
-    let dataset = Arc::new(dataset);
-    let mut queues = Vec::new();
-    for w in 0..workers {
-        let (tx, rx) = sync_channel::<Vec<RgbImage>>(2);
-        let dataset = dataset.clone();
-        std::thread::spawn(move || {
-            let mut rng = StdRng::seed_from_u64(0); // unused by centre crops
-            // Folders ignore the draw size; built-in sets always have `res` (checked in `open`).
-            let draw = res.unwrap_or(1);
-            let mut k = w;
-            while k * batch < n {
-                let images = (k * batch..((k + 1) * batch).min(n))
-                    .filter_map(|i| dataset.load(i, draw))
-                    .map(|img| match res {
-                        Some(r) => resize_crop(&img, r, Crop::Centre, &mut rng),
-                        None => img,
-                    })
-                    .collect();
-                if tx.send(images).is_err() {
-                    return;
-                }
-                k += workers;
-            }
-        });
-        queues.push(rx);
-    }
-    let (tx, rx) = sync_channel(2);
-    std::thread::spawn(move || {
-        for k in 0.. {
-            match queues[k % workers].recv() {
-                Ok(images) => {
-                    if tx.send(Ok(images)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return, // that worker is done, so all later batches are too
-            }
+    OrderedPool::new(workers, 2, 0, move |k, _: &mut ()| {
+        if k * batch >= n {
+            return None;
         }
-    });
-    rx
+        let mut rng = StdRng::seed_from_u64(0); // unused by centre crops
+        // Folders ignore the draw size; built-in sets always have `res` (checked in `open`).
+        let draw = res.unwrap_or(1);
+        let images = (k * batch..((k + 1) * batch).min(n))
+            .filter_map(|i| dataset.load(i, draw))
+            .map(|img| match res {
+                Some(r) => resize_crop(&img, r, Crop::Centre, &mut rng),
+                None => img,
+            })
+            .collect();
+        Some(images)
+    })
 }
 
 /// Images `[N, 3, H, W]` in [0, 1] (`v / 255`) from same-sized RGB8 images.

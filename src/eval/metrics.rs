@@ -15,6 +15,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::data::image_io::quantize_8bit;
+
 /// SSIM window side and Gaussian sigma.
 pub const SSIM_WINDOW: usize = 11;
 pub const SSIM_SIGMA: f64 = 1.5;
@@ -30,6 +32,38 @@ pub fn psnr(a: Tensor<4>, b: Tensor<4>) -> Tensor<1> {
         .mean_dim(1)
         .reshape([n]);
     mse.log().neg() * (10.0 / std::f64::consts::LN_10)
+}
+
+/// An error when an image holds NaN or an infinity (a metric on it would mean nothing; 8-bit
+/// quantisation would hide it).
+pub fn ensure_finite(x: &Tensor<4>) -> Result<()> {
+    let finite = x.clone().is_finite().all().into_scalar::<bool>();
+    ensure!(
+        finite,
+        "an image is not finite (it holds NaN or inf): the model's weights or output diverged"
+    );
+    Ok(())
+}
+
+/// Largest PSNR [`psnr_8bit`] reports (identical images would give +inf).
+pub const PSNR_CAP_DB: f64 = 100.0;
+
+/// `[-1, 1]` images as 8-bit values scaled to [0, 1] (what the metrics compare).
+pub fn to_8bit_01(x: Tensor<4>) -> Tensor<4> {
+    quantize_8bit(x) / 255.0
+}
+
+/// PSNR in dB of each pair of `[-1, 1]` images `[B, 3, H, W]`, on their 8-bit values (both
+/// rounded to 0..=255 as when saved as PNG), capped at [`PSNR_CAP_DB`]. An error when a value is
+/// not a number (a non-finite image, e.g. from a diverged model): never a perfect score.
+pub fn psnr_8bit(a: Tensor<4>, b: Tensor<4>) -> Result<Vec<f64>> {
+    ensure_finite(&a)?;
+    ensure_finite(&b)?;
+    let values = super::host_f32(psnr(to_8bit_01(a), to_8bit_01(b)));
+    Ok(values
+        .into_iter()
+        .map(|v| (v as f64).min(PSNR_CAP_DB))
+        .collect())
 }
 
 /// The normalised 1-D Gaussian of the SSIM window.
@@ -92,6 +126,13 @@ impl CodeUsage {
     pub fn new(codebook_size: usize) -> Self {
         Self {
             counts: vec![0; codebook_size],
+        }
+    }
+
+    /// From per-code counts (one per code of the codebook).
+    pub fn from_counts(counts: impl IntoIterator<Item = u64>) -> Self {
+        Self {
+            counts: counts.into_iter().collect(),
         }
     }
 

@@ -9,21 +9,19 @@
 //! usage and perplexity of the tokens.
 
 use anyhow::{Context, Result, ensure};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use serde_json::{Value, json};
 use std::path::Path;
 
 use super::features::FeatureSink;
 use super::fid::frechet_distance;
 use super::host_f32;
-use super::inception::{FidInception, InputRange};
-use super::metrics::{CodeUsage, psnr, ssim};
-use crate::config::{LogitMode, PerceptualConfig, RunKind};
-use crate::data::{Dataset, Loader, Order};
-use crate::perceptual::PerceptualLoss;
+use super::metrics::{CodeUsage, ensure_finite, psnr, ssim, to_8bit_01};
+use crate::config::RunKind;
+use crate::data::{Dataset, for_each_batch};
+use crate::perceptual::{LogitMode, PerceptualConfig, PerceptualLoss};
+use crate::pretrained::inception::{FidInception, InputRange};
 use crate::tokenizer::TrainedTokenizer;
-use crate::train::gan::batch_tensor;
-use crate::train::progress::Progress;
 
 /// What `eval-tokenizer` needs besides the run.
 pub struct EvalOptions<'a> {
@@ -40,17 +38,12 @@ pub struct EvalOptions<'a> {
     pub vgg: &'a Path,
 }
 
-/// 8-bit quantisation of `[-1, 1]` images, returned in [0, 1].
-fn to_8bit_01(x: Tensor<4>) -> Tensor<4> {
-    ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 255.0
-}
-
 /// Runs the evaluation; returns the metrics record (also what `--out` gets).
 pub fn eval_tokenizer(run: &Path, opts: &EvalOptions, device: &Device) -> Result<Value> {
     let tok = TrainedTokenizer::load(run, device)?;
     let res = tok.cfg.model.resolution;
     let k = tok.cfg.model.codebook_size;
-    let dataset = Dataset::open(opts.data, opts.limit.unwrap_or(tok.cfg.data.builtin_len))?;
+    let dataset = Dataset::open_images(opts.data, opts.limit.unwrap_or(tok.cfg.data.builtin_len))?;
     let total = opts.limit.map_or(dataset.len(), |l| l.min(dataset.len()));
     ensure!(
         total >= 2,
@@ -75,63 +68,48 @@ pub fn eval_tokenizer(run: &Path, opts: &EvalOptions, device: &Device) -> Result
     )
     .context("LPIPS needs VGG-16 weights with the LPIPS heads")?;
 
-    let mut loader = Loader::new(
-        dataset.clone(),
-        res,
-        opts.batch,
-        Order::Sequential,
-        0,
-        opts.workers,
-        2,
-    )?;
     let mut real = FeatureSink::new(&net, total, false);
     let mut recon = FeatureSink::new(&net, total, false);
     let mut usage = CodeUsage::new(k);
-    let (mut psnr_sum, mut ssim_sum, mut lpips_sum, mut n) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    let (mut psnr_sum, mut ssim_sum, mut lpips_sum) = (0.0f64, 0.0f64, 0.0f64);
     let mut identical = 0usize;
-    let progress = Progress::new(0, total);
-    while n < total {
-        let Some(batch) = loader.next_batch() else {
-            break;
-        };
-        let x = batch_tensor(&batch, device);
-        let take = batch.len().min(total - n);
-        let x = if take < batch.len() {
-            x.narrow(0, 0, take)
-        } else {
-            x
-        };
-        let indices = tok.model.encode(x.clone());
-        let x_hat = tok.model.decode_indices(indices.clone());
-        let codes: Vec<i64> = indices
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec()
-            .expect("ints");
-        usage.add(&codes);
-        let a = to_8bit_01(x);
-        let b = to_8bit_01(x_hat);
-        for v in host_f32(psnr(a.clone(), b.clone())) {
-            if v.is_finite() {
-                psnr_sum += v as f64;
-            } else {
-                identical += 1;
+    let n = for_each_batch(
+        &dataset,
+        res,
+        opts.batch,
+        Some(total),
+        opts.workers,
+        |batch| {
+            let x = batch.to_tensor(device);
+            let indices = tok.model.encode(x.clone());
+            let x_hat = tok.model.decode_indices(indices.clone());
+            ensure_finite(&x_hat)?;
+            let codes: Vec<i64> = indices
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec()
+                .expect("ints");
+            usage.add(&codes);
+            let a = to_8bit_01(x);
+            let b = to_8bit_01(x_hat);
+            for v in host_f32(psnr(a.clone(), b.clone())) {
+                if v.is_finite() {
+                    psnr_sum += v as f64;
+                } else {
+                    identical += 1;
+                }
             }
-        }
-        ssim_sum += host_f32(ssim(a.clone(), b.clone())?)
-            .iter()
-            .map(|v| *v as f64)
-            .sum::<f64>();
-        let lp = perceptual.lpips(a.clone() * 2.0 - 1.0, b.clone() * 2.0 - 1.0)?;
-        lpips_sum += host_f32(lp).iter().map(|v| *v as f64).sum::<f64>();
-        real.add(&net, a, false);
-        recon.add(&net, b, false);
-        n += take;
-        progress.set(n);
-        progress.message(n, total, "images");
-    }
-    progress.finish();
-    dataset.report_skipped();
+            ssim_sum += host_f32(ssim(a.clone(), b.clone())?)
+                .iter()
+                .map(|v| *v as f64)
+                .sum::<f64>();
+            let lp = perceptual.lpips(a.clone() * 2.0 - 1.0, b.clone() * 2.0 - 1.0)?;
+            lpips_sum += host_f32(lp).iter().map(|v| *v as f64).sum::<f64>();
+            real.add(&net, a, false);
+            recon.add(&net, b, false);
+            Ok(())
+        },
+    )?;
     ensure!(n >= 2, "only {n} readable images: rFID needs at least 2");
     let fid = frechet_distance(&real.moments.stats()?, &recon.moments.stats()?)?;
     // Per-image PSNR averaged; any identical pair makes the mean infinite.

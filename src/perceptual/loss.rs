@@ -8,9 +8,9 @@
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor};
 
-use super::vgg16::{Vgg16, VggOut, load_lpips_heads};
-use super::weights::{FETCH_SCRIPT, WeightFile};
-use crate::config::{LogitMode, PerceptualConfig};
+use super::config::{LogitMode, PerceptualConfig};
+use crate::pretrained::vgg16::{Vgg16, VggOut, load_lpips_heads};
+use crate::pretrained::weights::{FETCH_SCRIPT, WeightFile};
 
 /// LPIPS v0.1 input scaling, applied to `[-1, 1]` images.
 const LPIPS_SHIFT: [f32; 3] = [-0.030, -0.088, -0.188];
@@ -98,6 +98,19 @@ impl PerceptualLoss {
             lpips_shift: t(LPIPS_SHIFT),
             lpips_scale: t(LPIPS_SCALE),
         })
+    }
+
+    /// The same loss with its network on `device` (for a data-parallel replica).
+    pub fn to_device(&self, device: &Device) -> Self {
+        Self {
+            vgg: self.vgg.to_device(device),
+            source: self.source.clone(),
+            alpha: self.alpha,
+            use_logits: self.use_logits,
+            lpips_low: self.lpips_low,
+            lpips_shift: self.lpips_shift.clone().to_device(device),
+            lpips_scale: self.lpips_scale.clone().to_device(device),
+        }
     }
 
     /// A one-line description for start-up logs.

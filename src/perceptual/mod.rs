@@ -1,9 +1,8 @@
-//! Frozen VGG-16 and the semantic-enhanced perceptual loss.
+//! The semantic-enhanced perceptual loss (`L_low`, `L_sem`, `L_alpha`, LPIPS) on the frozen
+//! VGG-16 of [`crate::pretrained::vgg16`].
 
+pub mod config;
 pub mod loss;
-pub mod vgg16;
-pub mod weights;
 
+pub use config::{LogitMode, PerceptualConfig};
 pub use loss::{PerceptualLoss, PerceptualTerms};
-pub use vgg16::Vgg16;
-pub use weights::WeightFile;

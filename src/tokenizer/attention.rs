@@ -113,11 +113,6 @@ impl WindowAttention {
         self.heads
     }
 
-    /// Whether this is a dilated (else regional) block.
-    pub fn is_dilated(&self) -> bool {
-        self.dilated
-    }
-
     /// `[B, C, H, W]` -> same shape.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let dims = x.dims();

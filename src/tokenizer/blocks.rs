@@ -72,8 +72,3 @@ pub fn upsample(x: Tensor<4>) -> Tensor<4> {
         InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([2 * h, 2 * w]),
     )
 }
-
-/// Counts the scalar parameters of a module.
-pub fn param_count<M: Module>(m: &M) -> usize {
-    m.num_params()
-}

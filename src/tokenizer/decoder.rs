@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::WindowAttention;
 use super::blocks::{ResBlock, conv, group_norm, upsample};
-use crate::config::TokenizerModelConfig;
+use super::config::TokenizerModelConfig;
 
 #[derive(Module, Debug)]
 pub struct DecoderLevel {

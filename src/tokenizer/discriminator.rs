@@ -11,7 +11,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::blocks::{conv, downsample};
-use crate::config::DiscConfig;
+use super::config::DiscConfig;
 
 const SLOPE: f64 = 0.2;
 

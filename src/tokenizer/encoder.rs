@@ -8,7 +8,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use super::blocks::{ResBlock, conv, downsample, group_norm};
-use crate::config::TokenizerModelConfig;
+use super::config::TokenizerModelConfig;
 
 #[derive(Module, Debug)]
 pub struct EncoderLevel {

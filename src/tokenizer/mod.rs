@@ -2,22 +2,28 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod config;
 pub mod decoder;
 pub mod discriminator;
 pub mod encoder;
 pub mod quantizer;
+pub mod run_config;
 pub mod trained;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
+pub use config::{DecoderAttentionConfig, DiscConfig, TokenizerModelConfig};
 pub use decoder::Decoder;
 pub use discriminator::Discriminator;
 pub use encoder::Encoder;
 pub use quantizer::{QuantOut, Quantizer};
+pub use run_config::{
+    FinetuneConfig, GanLossKind, LossConfig, PHASE2_PRESETS, PRESETS, TokenizerRunConfig,
+    TrainConfig,
+};
 pub use trained::TrainedTokenizer;
 
-use crate::config::TokenizerModelConfig;
 use burn::store::ModuleSnapshot;
 
 /// FNV-1a, 64 bit.

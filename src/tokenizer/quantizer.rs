@@ -17,6 +17,14 @@ pub struct QuantOut {
     pub commit_loss: Tensor<1>,
     /// Entropy of the batch-mean soft assignment softmax(-D / T) (nats).
     pub usage_entropy: Tensor<1>,
+    /// The batch-mean soft assignment itself, `[1, K]` (data-parallel runs combine the replicas'
+    /// before taking the entropy, see [`usage_entropy`]).
+    pub p_mean: Tensor<2>,
+}
+
+/// Entropy (nats) of a mean soft assignment `[1, K]`.
+pub fn usage_entropy(p_mean: Tensor<2>) -> Tensor<1> {
+    (p_mean.clone() * (p_mean + 1e-10).log()).sum().neg()
 }
 
 #[derive(Module, Debug)]
@@ -63,7 +71,7 @@ impl Quantizer {
         let commit_loss = (flat.clone() - z_q.clone().detach()).powi_scalar(2).mean();
         let logits = dist.neg() / temperature;
         let p_mean = softmax(logits.clone(), 1).mean_dim(0); // [1, K]
-        let usage_entropy = (p_mean.clone() * (p_mean + 1e-10).log()).sum().neg();
+        let usage_entropy = usage_entropy(p_mean.clone());
         let st = flat.clone() + (z_q - flat).detach();
         QuantOut {
             z_q: st.reshape([b, h, w, d]).permute([0, 3, 1, 2]),
@@ -71,6 +79,7 @@ impl Quantizer {
             codebook_loss,
             commit_loss,
             usage_entropy,
+            p_mean,
         }
     }
 

@@ -5,9 +5,10 @@ use anyhow::Result;
 use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 
-use super::{Discriminator, VqModel};
-use crate::config::{RunKind, TokenizerRunConfig};
-use crate::train::checkpoint::{RunDir, inference_weights, load_module};
+use super::{Discriminator, TokenizerRunConfig, VqModel};
+use crate::config::RunKind;
+use crate::run::RunDir;
+use crate::run::checkpoint::{all_finite, inference_weights, load_module, refuse_non_finite};
 
 /// Weights and config of a tokenizer run's latest checkpoint.
 pub struct TrainedTokenizer {
@@ -37,6 +38,7 @@ impl TrainedTokenizer {
         let (checkpoint, state) = dir.require_latest()?;
         let weights_file = inference_weights(&checkpoint);
         let model = load_module(VqModel::new(&cfg.model, device), &checkpoint, weights_file)?;
+        refuse_non_finite(all_finite(&model), &checkpoint, weights_file)?;
         Ok(Self {
             cfg,
             model,

@@ -91,6 +91,26 @@ pub struct HostBatch {
 }
 
 impl HostBatch {
+    /// `parts` consecutive shards of equal size (`b` must be a multiple of it).
+    pub fn split(&self, parts: usize) -> Vec<HostBatch> {
+        let per = self.b / parts;
+        (0..parts)
+            .map(|r| HostBatch {
+                inputs: self.inputs[r * per * self.l..(r + 1) * per * self.l].to_vec(),
+                targets: self.targets[r * per * self.n..(r + 1) * per * self.n].to_vec(),
+                weights: self.weights[r * per * self.n..(r + 1) * per * self.n].to_vec(),
+                b: per,
+                l: self.l,
+                n: self.n,
+            })
+            .collect()
+    }
+
+    /// The sum of the loss weights (the positions the loss averages over).
+    pub fn weight_total(&self) -> f64 {
+        self.weights.iter().map(|w| *w as f64).sum()
+    }
+
     /// Uploads to `device`.
     pub fn to_device(&self, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2>) {
         (
@@ -170,13 +190,28 @@ pub struct LossOut {
     pub accuracy: Tensor<1>,
 }
 
-/// The loss of logits `[B, L, K]` against targets `[B, N]` with position weights `[B, N]`.
+/// The loss of logits `[B, L, K]` against targets `[B, N]` with position weights `[B, N]`,
+/// averaged over the weighted positions.
 pub fn loss(
     logits: Tensor<3>,
     targets: Tensor<2, Int>,
     weights: Tensor<2>,
     arch: Arch,
     smoothing: f64,
+) -> LossOut {
+    let total = weights.clone().sum().clamp_min(1.0);
+    loss_over(logits, targets, weights, arch, smoothing, total)
+}
+
+/// [`loss`] divided by a given `total` weight (`[1]`) instead of this batch's own: a replica's
+/// share of a data-parallel batch, so the replicas' losses sum to the global one.
+pub fn loss_over(
+    logits: Tensor<3>,
+    targets: Tensor<2, Int>,
+    weights: Tensor<2>,
+    arch: Arch,
+    smoothing: f64,
+    total: Tensor<1>,
 ) -> LossOut {
     let [b, l, _] = logits.dims();
     let n = targets.dims()[1];
@@ -191,7 +226,6 @@ pub fn loss(
         .reshape([b, n])
         .neg();
     let uniform = logp.clone().mean_dim(2).reshape([b, n]).neg();
-    let total = weights.clone().sum().clamp_min(1.0);
     let per = nll.clone() * (1.0 - smoothing) + uniform * smoothing;
     let hit = logp.argmax(2).reshape([b, n]).equal(targets).float();
     LossOut {

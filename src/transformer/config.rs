@@ -5,7 +5,7 @@ use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use crate::config::RunKind;
+use crate::config::{Preset, RunKind};
 use crate::data::tokens::TokenHeader;
 
 /// Which generative transformer.
@@ -102,6 +102,9 @@ pub struct TransformerTrainConfig {
     pub checkpoint_every: usize,
     /// Keep this many step checkpoints besides `latest`.
     pub keep_last: usize,
+    /// Consecutive steps with a non-finite loss skipped (no update) before the run stops;
+    /// 0 stops at the first. Nothing is saved after a divergence.
+    pub nonfinite_patience: usize,
 }
 
 impl Default for TransformerTrainConfig {
@@ -129,6 +132,7 @@ impl Default for TransformerTrainConfig {
             eval_every: 5000,
             checkpoint_every: 5000,
             keep_last: 2,
+            nonfinite_patience: 0,
         }
     }
 }
@@ -183,6 +187,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../../configs/transformer-large-cfg.json"),
     ),
 ];
+
+impl Preset for TransformerRunConfig {
+    const PRESETS: &'static [(&'static str, &'static str)] = PRESETS;
+}
 
 impl Arch {
     /// Label smoothing when the config does not set it: MaskGIT's 0.1; none for GPT.

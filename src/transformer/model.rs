@@ -182,11 +182,6 @@ impl Transformer {
         }
     }
 
-    /// Longest input sequence.
-    pub fn max_len(&self) -> usize {
-        self.pos_emb.val().dims()[1]
-    }
-
     /// Causal decoding with a key/value cache: feeds `tokens` `[B, 1]` at position `pos`
     /// (positions must arrive in order 0, 1, ...) and returns that position's code logits
     /// `[B, K]`. Each call costs one position's compute, not the whole prefix.

@@ -4,11 +4,11 @@ use anyhow::Result;
 use burn::tensor::Device;
 use std::path::{Path, PathBuf};
 
-use super::{Transformer, TransformerRunConfig, Vocab};
+use super::{Transformer, TransformerRunConfig, Vocab, build, vocab};
 use crate::config::RunKind;
+use crate::run::RunDir;
+use crate::run::checkpoint::{all_finite, inference_weights, load_module, refuse_non_finite};
 use crate::tokenizer::TrainedTokenizer;
-use crate::train::checkpoint::{RunDir, inference_weights, load_module};
-use crate::train::transformer::{build, vocab};
 
 /// Weights and config of a transformer run's latest checkpoint.
 pub struct TrainedTransformer {
@@ -29,6 +29,7 @@ impl TrainedTransformer {
         let (checkpoint, state) = dir.require_latest()?;
         let weights_file = inference_weights(&checkpoint);
         let model = load_module(build(&cfg, device), &checkpoint, weights_file)?;
+        refuse_non_finite(all_finite(&model), &checkpoint, weights_file)?;
         Ok(Self {
             cfg,
             model,

@@ -1,4 +1,4 @@
-//! Progress: an indicatif bar on a terminal, plain log lines otherwise.
+//! Progress: an indicatif bar on a terminal, plain log lines otherwise; peak memory.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -53,4 +53,12 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// Peak resident memory of this process in MiB (Linux), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -45,7 +45,9 @@ impl MetricsLog {
         })
     }
 
-    pub fn write(&mut self, record: &Value) -> Result<()> {
+    /// Appends one record (any serialisable type: a stage's typed metrics) as a JSON line.
+    pub fn write<R: serde::Serialize>(&mut self, record: &R) -> Result<()> {
+        let record = serde_json::to_string(record)?;
         writeln!(self.file, "{record}")
             .with_context(|| format!("writing {}", self.path.display()))?;
         self.file.flush()?;

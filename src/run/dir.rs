@@ -1,4 +1,4 @@
-//! Run folders and atomic checkpoints.
+//! Run folders: creation, kind checks, `config.json`, and the checkpoint store.
 //!
 //! ```text
 //! runs/NAME/config.json                 full resolved config (self-describing folder)
@@ -10,73 +10,21 @@
 //! does `latest.json` (itself written to a temp file and renamed) point at it. A crash at any
 //! point leaves the previous checkpoint as `latest`.
 
-use anyhow::{Context, Result, anyhow, bail};
-use burn::module::Module;
-use burn::store::ModuleRecord;
-use burn::tensor::Bytes;
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::checkpoint::{TrainState, write_atomic};
 use crate::config::RunKind;
 use crate::device::DeviceChoice;
-
-/// Training position saved with every checkpoint.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-pub struct TrainState {
-    /// Optimiser steps done.
-    pub step: usize,
-    /// Micro-batches drawn from the loader (its resume position).
-    pub batches_drawn: usize,
-    /// Images seen.
-    pub images_seen: u64,
-    /// Seed of the run (all randomness derives from it and the step).
-    pub seed: u64,
-    /// Wall-clock seconds of training so far.
-    pub train_seconds: f64,
-    /// Last logged metrics.
-    pub last_metrics: Value,
-    /// The device kind the run trains on (`--resume` without `--device` stays on it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<DeviceChoice>,
-}
-
-impl TrainState {
-    /// An error when a run in `out` has already reached `steps` (nothing left to train).
-    pub fn ensure_steps_left(&self, steps: usize, out: &Path) -> Result<()> {
-        if self.step >= steps {
-            bail!(
-                "{} is already at step {} of train.steps = {steps}; raise it with --set train.steps=N",
-                out.display(),
-                self.step
-            );
-        }
-        Ok(())
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 struct Latest {
     checkpoint: String,
     step: usize,
-}
-
-/// Writes `bytes` to `path` via a synced temp file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    {
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
 }
 
 /// A run folder.
@@ -165,7 +113,8 @@ impl RunDir {
             .with_context(|| format!("{} is not a valid config", path.display()))
     }
 
-    /// Writes the checkpoint files into a temp folder (step 1 of a save).
+    /// Writes the checkpoint files into a temp folder (step 1 of a save). On an error (a full
+    /// disk) the temp folder is removed at once and the error names the file.
     pub fn stage(
         &self,
         step: usize,
@@ -177,15 +126,27 @@ impl RunDir {
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
         }
-        fs::create_dir_all(&dir)?;
-        for (file, bytes) in files {
-            let mut f = File::create(dir.join(file))?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
+        let state_json = serde_json::to_string_pretty(state)?.into_bytes();
+        let write = || -> Result<()> {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let all = files
+                .iter()
+                .map(|(f, b)| (*f, b.as_slice()))
+                .chain([("state.json", state_json.as_slice())]);
+            for (file, bytes) in all {
+                let path = dir.join(file);
+                let mut f =
+                    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                f.write_all(bytes)
+                    .and_then(|_| f.sync_all())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
         }
-        let mut f = File::create(dir.join("state.json"))?;
-        f.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
-        f.sync_all()?;
         Ok(Staged { dir, name, step })
     }
 
@@ -310,64 +271,10 @@ pub fn read_kind(root: &Path) -> Result<RunKind> {
     serde_json::from_value(kind).with_context(|| format!("{}: unknown run kind", path.display()))
 }
 
-/// Reads a checkpoint file with an error naming it.
-pub fn read_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
-    let path = dir.join(name);
-    fs::read(&path).with_context(|| format!("reading checkpoint file {}", path.display()))
-}
-
-/// Loads the weights in checkpoint file `dir/name` into `module` (built from the run's config),
-/// with errors naming the file.
-pub fn load_module<M: Module>(module: M, dir: &Path, name: &str) -> Result<M> {
-    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(read_file(dir, name)?))
-        .map_err(|e| anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))?;
-    module
-        .try_load_record(record)
-        .map_err(|e| anyhow!("{}/{name} does not fit the config: {e:?}", dir.display()))
-}
-
-/// Loads optimizer state (moments, step counts) from checkpoint file `dir/name`.
-pub fn load_optimizer(
-    optim: burn::optim::ModuleOptimizer,
-    dir: &Path,
-    name: &str,
-) -> Result<burn::optim::ModuleOptimizer> {
-    optim
-        .from_bytes(Bytes::from_bytes_vec(read_file(dir, name)?))
-        .map_err(|e| anyhow!("{}/{name} is corrupt: {e:?}", dir.display()))
-}
-
-/// Optimizer state as checkpoint-file bytes.
-pub fn optimizer_bytes(optim: &burn::optim::ModuleOptimizer) -> Result<Vec<u8>> {
-    Ok(optim
-        .into_bytes()
-        .map_err(|e| anyhow!("serialising optimizer state: {e:?}"))?
-        .to_vec())
-}
-
-/// The weights inference uses from a checkpoint: `ema.bpk` when the run kept an EMA, else
-/// `model.bpk`.
-pub fn inference_weights(checkpoint: &Path) -> &'static str {
-    if checkpoint.join("ema.bpk").exists() {
-        "ema.bpk"
-    } else {
-        "model.bpk"
-    }
-}
-
-/// A module's weights as checkpoint-file bytes.
-pub fn module_bytes<M: Module>(module: &M) -> Result<Vec<u8>> {
-    Ok(module
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| anyhow!("serialising weights: {e:?}"))?
-        .to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::checkpoint::read_file;
 
     fn state(step: usize) -> TrainState {
         TrainState {

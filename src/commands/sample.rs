@@ -7,12 +7,13 @@ use image::RgbImage;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::data::{Dataset, Loader, Order};
-use crate::encode::codes_u16;
-use crate::image_io;
+use super::encode::codes_u16;
+use crate::cli::{SampleArgs, VisualizeArgs};
+use crate::data::{Dataset, for_each_batch, image_io};
+use crate::eval::npz::NpzImageWriter;
+use crate::run::Progress;
 use crate::tokenizer::TrainedTokenizer;
-use crate::train::gan::batch_tensor;
-use crate::train::progress::Progress;
+use crate::transformer::masking::MaskSchedule;
 use crate::transformer::sampling::{GptOptions, MaskgitOptions, Sampler};
 use crate::transformer::{Arch, TrainedTransformer};
 
@@ -60,6 +61,49 @@ pub struct SampleOptions {
     pub gpt: GptOptions,
 }
 
+impl SampleOptions {
+    /// Checks every setting against its valid range for a transformer of `arch` with `tokens`
+    /// tokens per map and `codes` codes; errors name the flag and the range.
+    pub fn validate(&self, arch: Arch, tokens: usize, codes: usize) -> Result<()> {
+        let finite_nonneg = |v: f64, flag: &str| {
+            ensure!(
+                v.is_finite() && v >= 0.0,
+                "{flag} must be a finite number >= 0, got {v}"
+            );
+            Ok(())
+        };
+        ensure!(
+            self.num > 0 && self.batch > 0,
+            "--num and --batch must be > 0"
+        );
+        finite_nonneg(self.cfg_scale, "--cfg")?;
+        finite_nonneg(self.maskgit.temperature, "--temperature")?;
+        finite_nonneg(self.gpt.temperature, "--temperature")?;
+        match arch {
+            Arch::Maskgit => {
+                let steps = self.maskgit.steps;
+                ensure!(
+                    (1..=tokens).contains(&steps),
+                    "--steps must be in 1..={tokens} (the tokens per map), got {steps}"
+                );
+                finite_nonneg(self.maskgit.choice_temperature, "--choice-temperature")?;
+            }
+            Arch::Gpt => {
+                if let Some(k) = self.gpt.top_k {
+                    ensure!(
+                        (1..=codes).contains(&k),
+                        "--top-k must be in 1..={codes} (the codebook size), got {k}"
+                    );
+                }
+                if let Some(p) = self.gpt.top_p {
+                    ensure!(p > 0.0 && p <= 1.0, "--top-p must be in (0, 1], got {p}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Receives each decoded batch (e.g. an `.npz` writer).
 pub type BatchSink<'a> = &'a mut dyn FnMut(&[RgbImage]) -> Result<()>;
 
@@ -74,10 +118,8 @@ pub fn sample(
     device: &Device,
 ) -> Result<usize> {
     tr.check_tokenizer(dec)?;
-    ensure!(
-        opts.num > 0 && opts.batch > 0,
-        "--num and --batch must be > 0"
-    );
+    let h = &tr.cfg.tokens.header;
+    opts.validate(tr.cfg.arch, h.tokens_per_entry(), h.codebook_size)?;
     if opts.cfg_scale > 0.0 {
         ensure!(
             tr.cfg.train.class_dropout > 0.0,
@@ -87,7 +129,6 @@ pub fn sample(
         );
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let h = &tr.cfg.tokens.header;
     let sampler = Sampler {
         model: &tr.model,
         vocab: tr.vocab(),
@@ -163,7 +204,7 @@ pub fn visualize(
         tr.cfg.arch
     );
     tr.check_tokenizer(tok)?;
-    let dataset = Dataset::open(data, limit.unwrap_or(64))?;
+    let dataset = Dataset::open_images(data, limit.unwrap_or(64))?;
     let names = dataset.class_names();
     let same_classes = names == tr.class_names();
     if !same_classes {
@@ -172,26 +213,13 @@ pub fn visualize(
              null class"
         );
     }
-    let total = limit.unwrap_or(usize::MAX).min(dataset.len());
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let h = &tr.cfg.tokens.header;
     let (n, v) = (h.tokens_per_entry(), tr.vocab());
-    let loader = Loader::new(
-        dataset.clone(),
-        tok.cfg.model.resolution,
-        batch.max(1),
-        Order::Sequential,
-        0,
-        2,
-        2,
-    )?;
     let mut acc = Vec::new();
-    for bt in loader {
-        if acc.len() >= total {
-            break;
-        }
+    for_each_batch(&dataset, tok.cfg.model.resolution, batch, limit, 2, |bt| {
         let b = bt.len();
-        let x = batch_tensor(&bt, device);
+        let x = bt.to_tensor(device);
         let codes = tok.model.encode(x.clone());
         let flat = codes_u16(codes.clone());
         let mut input = Vec::with_capacity(b * n);
@@ -220,9 +248,6 @@ pub fn visualize(
         let prd = image_io::to_images(tok.model.decode_indices(pred));
         let inp = image_io::to_images(x);
         for i in 0..b {
-            if acc.len() >= total {
-                break;
-            }
             let name = dataset.item_name(bt.indices[i]);
             let row = vec![inp[i].clone(), rec[i].clone(), prd[i].clone()];
             image_io::save_png(
@@ -232,7 +257,109 @@ pub fn visualize(
             println!("{name}\ttoken accuracy {:.3}", hits[i]);
             acc.push((name, hits[i] as f64));
         }
-    }
-    dataset.report_skipped();
+        Ok(())
+    })?;
     Ok(acc)
+}
+
+/// `seqgan sample`.
+pub fn run(a: &SampleArgs) -> Result<()> {
+    let device = crate::device::open(a.device.choice())?;
+    let tr = TrainedTransformer::load(&a.transformer, &device)?;
+    let dec = TrainedTokenizer::load(&a.decoder, &device)?;
+    eprintln!(
+        "transformer: {}\ndecoder: {}",
+        tr.describe(),
+        dec.describe()
+    );
+    check_arch_flags(a, tr.cfg.arch)?;
+    let opts = SampleOptions {
+        classes: parse_classes(&a.class, tr.class_names())?,
+        num: a.num,
+        batch: a.batch,
+        seed: a.seed,
+        cfg_scale: a.cfg_scale,
+        maskgit: MaskgitOptions {
+            steps: a.steps.unwrap_or(12),
+            temperature: a.temperature,
+            choice_temperature: a.choice_temperature.unwrap_or(4.5),
+            schedule: a.schedule.unwrap_or(MaskSchedule::Cosine),
+        },
+        gpt: GptOptions {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            use_cache: true,
+        },
+    };
+    let Some(path) = &a.npz else {
+        sample(&tr, &dec, &opts, &a.out, None, &device)?;
+        return Ok(());
+    };
+    let side = dec.cfg.model.resolution;
+    let total = opts.classes.len() * opts.num;
+    let mut npz = NpzImageWriter::create(path, total, side, side)?;
+    let mut push = |images: &[RgbImage]| -> Result<()> {
+        for img in images {
+            npz.push(img.as_raw())?;
+        }
+        Ok(())
+    };
+    sample(&tr, &dec, &opts, &a.out, Some(&mut push), &device)?;
+    npz.finish()?;
+    eprintln!(
+        "wrote {total} images to {} (uint8 NHWC arr_0)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Flags of one architecture given for the other are errors, not silently ignored.
+fn check_arch_flags(a: &SampleArgs, arch: Arch) -> Result<()> {
+    let (given, other): (Vec<&str>, Arch) = match arch {
+        Arch::Maskgit => (
+            [
+                ("--top-k", a.top_k.is_some()),
+                ("--top-p", a.top_p.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(f, on)| on.then_some(f))
+            .collect(),
+            Arch::Gpt,
+        ),
+        Arch::Gpt => (
+            [
+                ("--steps", a.steps.is_some()),
+                ("--choice-temperature", a.choice_temperature.is_some()),
+                ("--schedule", a.schedule.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(f, on)| on.then_some(f))
+            .collect(),
+            Arch::Maskgit,
+        ),
+    };
+    ensure!(
+        given.is_empty(),
+        "{} applies to {other:?} transformers only; {} is {arch:?}",
+        given.join(", "),
+        a.transformer.display()
+    );
+    Ok(())
+}
+
+/// `seqgan visualize`.
+pub fn run_visualize(a: &VisualizeArgs) -> Result<()> {
+    let device = crate::device::open(a.device.choice())?;
+    let tr = TrainedTransformer::load(&a.transformer, &device)?;
+    let tok = TrainedTokenizer::load(&a.tokenizer, &device)?;
+    let acc = visualize(&tr, &tok, &a.data, &a.out, Some(a.limit), a.batch, &device)?;
+    let mean = acc.iter().map(|(_, a)| a).sum::<f64>() / acc.len().max(1) as f64;
+    println!(
+        "token accuracy {mean:.3} over {} images ({} -> {})",
+        acc.len(),
+        a.data,
+        a.out.display()
+    );
+    Ok(())
 }

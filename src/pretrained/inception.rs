@@ -26,8 +26,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use clap::ValueEnum;
 use std::path::Path;
 
-use super::host_f32;
-use crate::perceptual::WeightFile;
+use super::weights::WeightFile;
+use crate::eval::host_f32;
 
 /// The script that makes the default weights file.
 pub const FETCH_SCRIPT: &str = "scripts/fetch-inception.sh";
@@ -532,11 +532,6 @@ impl FidInception {
     pub fn forward(&self, x01: Tensor<4>) -> InceptionOut {
         let logits = self.has_logits();
         self.forward_prepared(self.prepare(x01), logits)
-    }
-
-    /// The fc bias (the logits of [`InceptionOut`] leave it out, as the Inception Score does).
-    pub fn fc_bias(&self) -> Option<Tensor<1>> {
-        self.fc.as_ref().map(|(_, b)| b.clone())
     }
 }
 

@@ -9,10 +9,12 @@ use burn::tensor::{Device, Tensor};
 use image::RgbImage;
 use std::path::Path;
 
-use super::checkpoint::{RunDir, inference_weights};
-use crate::config::{self, PHASE2_PRESETS, RunKind, TokenizerModelConfig, TokenizerRunConfig};
-use crate::image_io;
-use crate::tokenizer::{TrainedTokenizer, VqModel};
+use crate::config::{self, RunKind};
+use crate::data::image_io;
+use crate::run::RunDir;
+use crate::run::checkpoint::inference_weights;
+use crate::tokenizer::run_config::PHASE2_PRESETS;
+use crate::tokenizer::{TokenizerModelConfig, TokenizerRunConfig, TrainedTokenizer, VqModel};
 
 /// The phase-2 config: the phase-1 run's `config.json`, then the phase-2 patch (`preset`, a
 /// name from [`PHASE2_PRESETS`] or a JSON file), then `--set` overrides. The model may only
@@ -64,10 +66,7 @@ pub fn as_phase2(
 ) -> Result<TokenizerRunConfig> {
     let mut all = config::patch_to_sets(&config::load_json_from(preset, PHASE2_PRESETS)?);
     all.extend_from_slice(sets);
-    let defaults = serde_json::to_value(TokenizerRunConfig::default())?;
-    let value = config::apply_overrides(serde_json::to_value(base)?, &all, &defaults)?;
-    let mut cfg: TokenizerRunConfig = serde_json::from_value(value)
-        .map_err(|e| anyhow::anyhow!("invalid phase-2 config ({preset} + --set): {e}"))?;
+    let mut cfg = config::overridden(base, &all, &format!("phase-2 config: {preset} + --set"))?;
     cfg.kind = RunKind::Decoder;
     Ok(cfg)
 }

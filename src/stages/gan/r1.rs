@@ -58,8 +58,8 @@ pub fn logits_and_r1(disc: &Discriminator, x: Tensor<4>) -> (Tensor<2>, Tensor<1
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DiscConfig;
     use crate::data::loader::{keyed_rng, normal_vec};
+    use crate::tokenizer::DiscConfig;
     use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
     use burn::optim::GradientsParams;
     use burn::tensor::{Device, FloatDType, TensorData};

@@ -5,12 +5,16 @@ use burn::tensor::Tensor;
 use image::RgbImage;
 use std::path::Path;
 
+/// `[-1, 1]` images as their 8-bit values (0..=255, as floats): what a PNG of them holds.
+pub fn quantize_8bit<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+}
+
 /// `[B, 3, H, W]` in [-1, 1] -> RGB8 images (one device read for the whole batch).
 pub fn to_images(x: Tensor<4>) -> Vec<RgbImage> {
     let [b, c, h, w] = x.dims();
     assert_eq!(c, 3, "expected RGB tensors");
-    let u8s = ((x.clamp(-1.0, 1.0) + 1.0) * 127.5)
-        .round()
+    let u8s = quantize_8bit(x)
         .permute([0, 2, 3, 1])
         .into_data()
         .convert::<f32>()

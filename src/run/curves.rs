@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::Once;
 
-use crate::train::checkpoint::write_atomic;
+use super::checkpoint::write_atomic;
 
 /// Metrics shown first, in this order; any other numeric key follows alphabetically.
 const FIRST: &[&str] = &[
@@ -70,7 +70,7 @@ pub fn series(records: &[Value]) -> Vec<(String, Vec<(f64, f64)>)> {
 /// Draws the curves of `run/metrics.jsonl` into `out` (PNG, written atomically).
 pub fn plot_run(run: &Path, out: &Path) -> Result<usize> {
     let log = run.join("metrics.jsonl");
-    let records = crate::train::metrics::read(&log)?;
+    let records = super::metrics::read(&log)?;
     let series: Vec<_> = series(&records)
         .into_iter()
         .filter(|(_, pts)| !pts.is_empty())

@@ -1,19 +1,17 @@
-//! The `fid-stats`, `fid`, `eval-tokenizer` commands and the Inception stage of `bench`.
+//! The `fid-stats`, `fid` and `eval-tokenizer` commands.
 
 use anyhow::{Context, Result, ensure};
-use burn::tensor::{Device, Distribution, Tensor};
-use std::path::Path;
+use burn::tensor::Device;
 use std::time::Instant;
 
-use super::features::{FidInput, ImageSource, extract};
-use super::fid::{Stats, frechet_distance};
-use super::inception::{FidInception, INPUT_SIZE, check_weights};
-use super::npz;
-use super::tokenizer::{EvalOptions, eval_tokenizer, table};
 use crate::cli::{EvalTokenizerArgs, FidArgs, FidStatsArgs, InceptionArgs};
 use crate::device;
-use crate::train::bench::peak_rss_mib;
-use crate::train::checkpoint::write_atomic;
+use crate::eval::features::{FidInput, ImageSource, extract};
+use crate::eval::fid::{Stats, frechet_distance};
+use crate::eval::npz;
+use crate::eval::tokenizer::{EvalOptions, eval_tokenizer, table};
+use crate::pretrained::inception::{FidInception, check_weights};
+use crate::run::checkpoint::write_atomic;
 
 fn open_net(args: &InceptionArgs, device: &Device) -> Result<FidInception> {
     let net = FidInception::open(&args.weights, device)?.with_range(args.range);
@@ -171,40 +169,5 @@ pub fn eval_tokenizer_cmd(a: &EvalTokenizerArgs) -> Result<()> {
     };
     write_atomic(&out, serde_json::to_string_pretty(&metrics)?.as_bytes())?;
     println!("wrote {}", out.display());
-    Ok(())
-}
-
-/// `seqgan bench --stage inception`: forward passes at 299x299.
-pub fn bench_inception(
-    weights: &Path,
-    device: &Device,
-    batch: usize,
-    steps: usize,
-    warmup: usize,
-) -> Result<()> {
-    let net = FidInception::open(weights, device)?;
-    let x = Tensor::<4>::random(
-        [batch, 3, INPUT_SIZE, INPUT_SIZE],
-        Distribution::Uniform(-1.0, 1.0),
-        device,
-    );
-    let run = |n: usize| {
-        for _ in 0..n {
-            let out = net.forward_prepared(x.clone(), false);
-            let _ = out.pool3.sum().into_scalar::<f32>(); // sync, so the time is real
-        }
-    };
-    run(warmup);
-    let t0 = Instant::now();
-    run(steps);
-    let secs = t0.elapsed().as_secs_f64();
-    let images = (steps * batch) as f64;
-    println!(
-        "FID Inception forward @ 299x299, batch {batch}, {steps} steps (+{warmup} warm-up): \
-         {:.2} img/s ({:.0} ms/img); peak host RSS {:.0} MiB",
-        images / secs,
-        1000.0 * secs / images,
-        peak_rss_mib().unwrap_or(f64::NAN)
-    );
     Ok(())
 }

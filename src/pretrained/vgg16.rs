@@ -8,7 +8,8 @@ use anyhow::Result;
 use burn::tensor::activation::relu;
 use burn::tensor::module::{adaptive_avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use std::collections::BTreeMap;
 
 use super::weights::WeightFile;
 
@@ -48,6 +49,7 @@ pub const TAP_CHANNELS: [usize; 5] = [64, 128, 256, 512, 512];
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+#[derive(Clone)]
 struct Linear {
     weight: Tensor<2>, // [out, in]
     bias: Tensor<1>,
@@ -69,6 +71,7 @@ pub struct VggOut {
 }
 
 /// Frozen VGG-16.
+#[derive(Clone)]
 pub struct Vgg16 {
     convs: Vec<(Tensor<4>, Tensor<1>)>,
     classifier: Option<[Linear; 3]>,
@@ -89,6 +92,30 @@ pub fn load_lpips_heads(file: &WeightFile, device: &Device) -> Result<Option<Vec
         .map(|(i, c)| file.get(&format!("lpips.lin{i}.weight"), [1, *c, 1, 1], device))
         .collect::<Result<Vec<_>>>()?;
     Ok(Some(heads))
+}
+
+/// Random VGG-16 weights in torchvision's layout (with the classifier when `classifier`) and
+/// LPIPS heads, for timing without weight files.
+pub fn random_weights(classifier: bool) -> WeightFile {
+    let mut tensors = BTreeMap::new();
+    if classifier {
+        let dims = [(0, 512 * 7 * 7, 4096), (3, 4096, 4096), (6, 4096, 1000)];
+        for (i, din, dout) in dims {
+            let key = format!("classifier.{i}.weight");
+            tensors.insert(key.clone(), WeightFile::random(&key, &[dout, din]));
+            tensors.insert(
+                format!("classifier.{i}.bias"),
+                TensorData::new(vec![0f32; dout], [dout]),
+            );
+        }
+    }
+    for (i, c) in TAP_CHANNELS.iter().enumerate() {
+        tensors.insert(
+            format!("lpips.lin{i}.weight"),
+            TensorData::new(vec![0.1f32; *c], [1, *c, 1, 1]),
+        );
+    }
+    WeightFile::synthetic("random VGG-16 weights (timing only)", tensors)
 }
 
 impl Vgg16 {
@@ -130,6 +157,31 @@ impl Vgg16 {
             mean: Tensor::<1>::from_floats(MEAN, device).reshape([1, 3, 1, 1]),
             std: Tensor::<1>::from_floats(STD, device).reshape([1, 3, 1, 1]),
         })
+    }
+
+    /// The same network with its weights on `device` (for a data-parallel replica).
+    pub fn to_device(&self, device: &Device) -> Self {
+        let linear = |l: &Linear| Linear {
+            weight: l.weight.clone().to_device(device),
+            bias: l.bias.clone().to_device(device),
+        };
+        Self {
+            convs: self
+                .convs
+                .iter()
+                .map(|(w, b)| (w.clone().to_device(device), b.clone().to_device(device)))
+                .collect(),
+            classifier: self
+                .classifier
+                .as_ref()
+                .map(|[a, b, c]| [linear(a), linear(b), linear(c)]),
+            lpips_heads: self
+                .lpips_heads
+                .as_ref()
+                .map(|heads| heads.iter().map(|h| h.clone().to_device(device)).collect()),
+            mean: self.mean.clone().to_device(device),
+            std: self.std.clone().to_device(device),
+        }
     }
 
     pub fn has_classifier(&self) -> bool {

