@@ -72,6 +72,25 @@ fn tiny_tokenizer(dir: &Path, steps: usize, every: usize) {
     ]);
 }
 
+/// A 2-step tiny tokenizer in `dir/tok` and 20 of its token maps in `dir/t.bin`.
+fn tiny_tokens(dir: &Path) -> (PathBuf, PathBuf) {
+    let tok = dir.join("tok");
+    tiny_tokenizer(&tok, 2, 2);
+    let tokens = dir.join("t.bin");
+    ok(&[
+        "encode",
+        "--device",
+        "cpu",
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(&tokens),
+        "--limit",
+        "20",
+    ]);
+    (tok, tokens)
+}
+
 /// `n` small RGB images `NNN.png` in `dir`.
 fn write_images(dir: &Path, n: usize, side: u32) {
     std::fs::create_dir_all(dir).unwrap();
@@ -356,20 +375,7 @@ fn non_finite_weights_and_images_are_refused() {
 #[test]
 fn sampling_flags_are_validated() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = tmp.path().join("tok");
-    tiny_tokenizer(&tok, 2, 2);
-    let tokens = tmp.path().join("t.bin");
-    ok(&[
-        "encode",
-        "--device",
-        "cpu",
-        "--tokenizer",
-        s(&tok),
-        "--out",
-        s(&tokens),
-        "--limit",
-        "20",
-    ]);
+    let (tok, tokens) = tiny_tokens(tmp.path());
     let run = |arch: &str| {
         let out = tmp.path().join(arch);
         ok(&[
@@ -688,20 +694,7 @@ fn one_writer_per_run_and_sigterm_saves() {
 #[test]
 fn small_checks_come_before_the_work() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = tmp.path().join("tok");
-    tiny_tokenizer(&tok, 2, 2);
-    let tokens = tmp.path().join("t.bin");
-    ok(&[
-        "encode",
-        "--device",
-        "cpu",
-        "--tokenizer",
-        s(&tok),
-        "--out",
-        s(&tokens),
-        "--limit",
-        "20",
-    ]);
+    let (_, tokens) = tiny_tokens(tmp.path());
     let err = fails(&[
         "train-transformer",
         "--device",

@@ -48,6 +48,7 @@ pub fn parse_classes(spec: &str, names: &[String]) -> Result<Vec<usize>> {
 }
 
 /// What `sample` draws.
+#[derive(Clone)]
 pub struct SampleOptions {
     pub classes: Vec<usize>,
     /// Images per class.
