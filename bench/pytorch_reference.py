@@ -1030,9 +1030,41 @@ def run_inception(a) -> dict:
     return out
 
 
+def run_kernels(a) -> dict:
+    """As `seqgan bench --stage kernels`: a res x res matmul, a 3x3 conv 128 -> 128 on
+    batch x 32x32, forward and forward + backward, in GFLOP/s (one line per kernel on stderr)."""
+    n, batch = a.res, a.batch or 8
+    rates = {}
+
+    def rate(name, flop, fn):
+        secs = timed(fn, a.steps, a.warmup)
+        rates[name] = flop * a.steps / secs / 1e9
+        note(f"{name}: {rates[name]:.1f} GFLOP/s ({secs / a.steps * 1e3:.1f} ms)")
+
+    x, y = torch.rand(n, n) * 2 - 1, torch.rand(n, n) * 2 - 1
+    with torch.inference_mode():
+        rate("matmul", 2.0 * n**3, lambda: (x @ y).sum().item())
+    c, side = 128, 32
+    flop = 2.0 * batch * c * c * 9 * side * side
+    inp = torch.rand(batch, c, side, side) * 2 - 1
+    w = (torch.rand(c, c, 3, 3) * 2 - 1) * 0.03
+    with torch.inference_mode():
+        rate("conv_forward", flop, lambda: F.conv2d(inp, w, padding=1).sum().item())
+    inp_g, w_g = inp.clone().requires_grad_(), w.clone().requires_grad_()
+
+    def fwd_bwd():
+        gx, gw = torch.autograd.grad(F.conv2d(inp_g, w_g, padding=1).sum(), [inp_g, w_g])
+        (gx.sum() + gw.sum()).item()
+
+    rate("conv_forward_backward", 3.0 * flop, fwd_bwd)
+    return {"stage": "kernels", "batch": batch, "params": 0, "throughput": rates["matmul"],
+            "unit": "GFLOP/s", **{f"gflop_per_s_{k}": round(v, 2) for k, v in rates.items()}}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stage", choices=["tokenizer", "decoder", "transformer", "sample", "inception"], default="tokenizer")
+    ap.add_argument("--stage", choices=["tokenizer", "decoder", "transformer", "sample", "inception", "kernels"], default="tokenizer")
+    ap.add_argument("--res", type=int, default=1024, help="kernels: matrix side")
     ap.add_argument("--config", default="tiny", help="tokenizer preset in configs/ (tiny, paper256, ...) or a JSON file")
     ap.add_argument("--transformer", default="tiny", help="transformer preset (tiny, base, ...) or a JSON file")
     ap.add_argument("--arch", choices=["maskgit", "gpt"], default="maskgit")
@@ -1056,6 +1088,8 @@ def main(argv=None) -> None:
         out = run_tokenizer(a)
     elif a.stage in ("transformer", "sample"):
         out = run_transformer(a)
+    elif a.stage == "kernels":
+        out = run_kernels(a)
     else:
         out = run_inception(a)
     out.update(

@@ -58,7 +58,8 @@ for name in $stages; do
     unit=$(echo "$s_json" | grep -o '"unit":"[a-z/]*"' | cut -d'"' -f4)
     sp=$(field "$s_json" params)
     tp=$(echo "$t_json" | grep -o '"params":[0-9]*' | cut -d: -f2)
-    dp=$(echo "$t_json" | grep -o '"disc_params":[0-9]*' | cut -d: -f2)
+    # Only the GAN stages report a discriminator (no match is not an error).
+    dp=$(echo "$t_json" | grep -o '"disc_params":[0-9]*' | cut -d: -f2 || true)
     tp=$((tp + ${dp:-0}))  # seqgan counts the discriminator with the tokenizer
   done
   ratio=$(printf '%s\n' "${s_vals[@]}" | awk -v t="${t_vals[*]}" '{ s += $1 } END { n = split(t, a, " "); for (i = 1; i <= n; i++) u += a[i]; printf "%.2f", (s / NR) / (u / n) }')

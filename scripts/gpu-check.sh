@@ -27,6 +27,7 @@ if [ "$smoke" = 1 ]; then
   tr_batch=4
   sample_batch=2
   inc_batch=1
+  kernels=(--res 128 --batch 1)
 else
   # Warm-up steps compile the kernels; the timed steps are the steady state.
   steps=(--steps 5 --warmup 2)
@@ -35,6 +36,7 @@ else
   tr_batch=256
   sample_batch=64
   inc_batch=50
+  kernels=(--res 4096 --batch 64)
 fi
 
 peak=""
@@ -42,6 +44,8 @@ if [ "$smoke" != 1 ]; then
   run bench --device "$device" --stage peak
   peak=$(grep -o '"ops_per_s":[0-9.e+-]*' "$log" | tail -1 | cut -d: -f2 || true)
 fi
+# The kernels alone (GEMM, 3x3 conv forward and backward), against which the stages compare.
+run bench --device "$device" --stage kernels "${kernels[@]}" "${steps[@]}"
 run bench --device "$device" --stage tokenizer "${tok[@]}" "${steps[@]}"
 run bench --device "$device" --stage decoder "${tok[@]}" "${steps[@]}"
 # The replica path on one device: 1 and 2 replicas against the plain path above.

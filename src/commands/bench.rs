@@ -5,6 +5,8 @@
 
 use anyhow::{Result, bail};
 use burn::module::Module;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 use std::path::Path;
@@ -383,6 +385,121 @@ pub fn bench_sampling(
 }
 
 /// `seqgan bench --stage inception`: forward passes at 299x299.
+/// A 3x3 stride-1 "same" convolution as one GEMM over channels-last shifted copies (im2col
+/// from tensor ops): the candidate route against the backend's conv kernel.
+fn conv3x3_by_gemm(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, wd] = x.dims();
+    let out = w.dims()[0];
+    let xp = x
+        .permute([0, 2, 3, 1])
+        .pad([(1, 1), (1, 1), (0, 0)], PadMode::Constant(0.0));
+    let cols: Vec<Tensor<4>> = (0..3)
+        .flat_map(|dy| (0..3).map(move |dx| (dy, dx)))
+        .map(|(dy, dx)| xp.clone().narrow(1, dy, h).narrow(2, dx, wd))
+        .collect();
+    let cols = Tensor::cat(cols, 3).reshape([b * h * wd, 9 * c]);
+    let wm = w.permute([2, 3, 1, 0]).reshape([9 * c, out]);
+    cols.matmul(wm)
+        .reshape([b, h, wd, out])
+        .permute([0, 3, 1, 2])
+}
+
+/// GEMM and convolution kernels alone, in GFLOP/s (multiply-add = 2 FLOPs).
+pub fn bench_kernels(
+    device: &Device,
+    n: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> Result<Vec<Figures>> {
+    let figure = |what: String, flop: f64, secs: f64| Figures {
+        stage: "kernels",
+        what,
+        params: 0,
+        batch,
+        devices: 1,
+        steps,
+        throughput: flop * steps as f64 / secs / 1e9,
+        unit: "GFLOP/s",
+        seconds_per_step: secs / steps as f64,
+        gflop_per_s: flop * steps as f64 / secs / 1e9,
+        peak_host_mib: peak_rss_mib(),
+        device_reserved_mib: device_reserved_mib(device),
+    };
+    let uniform = Distribution::Uniform(-1.0, 1.0);
+    let a = Tensor::<2>::random([n, n], uniform, device);
+    let b = Tensor::<2>::random([n, n], uniform, device);
+    let secs = time(warmup, steps, || {
+        let _ = a.clone().matmul(b.clone()).sum().into_scalar::<f32>();
+        Ok(())
+    })?;
+    let mut out = vec![figure(
+        format!("matmul {n}x{n}x{n}"),
+        2.0 * (n as f64).powi(3),
+        secs,
+    )];
+    let (c, side) = (128, 32);
+    let conv_flop = 2.0 * (batch * c * c * 9 * side * side) as f64;
+    let options = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let x = Tensor::<4>::random([batch, c, side, side], uniform, device);
+    let w = Tensor::<4>::random([c, c, 3, 3], uniform, device) * 0.03;
+    let secs = time(warmup, steps, || {
+        let y = conv2d(x.clone(), w.clone(), None, options());
+        let _ = y.sum().into_scalar::<f32>();
+        Ok(())
+    })?;
+    let what = format!("conv2d 3x3 {c}->{c}, {batch}x{side}x{side}");
+    out.push(figure(format!("{what}, forward"), conv_flop, secs));
+    let ad = device.clone().autodiff();
+    let xa = Tensor::<4>::random([batch, c, side, side], uniform, &ad).require_grad();
+    let wa = (Tensor::<4>::random([c, c, 3, 3], uniform, &ad) * 0.03)
+        .detach()
+        .require_grad();
+    let secs = time(warmup, steps, || {
+        let y = conv2d(xa.clone(), wa.clone(), None, options());
+        let grads = y.sum().backward();
+        let gx = xa.grad(&grads).expect("input gradient");
+        let gw = wa.grad(&grads).expect("weight gradient");
+        let _ = (gx.sum() + gw.sum()).into_scalar::<f32>();
+        Ok(())
+    })?;
+    out.push(figure(
+        format!("{what}, forward + backward"),
+        3.0 * conv_flop,
+        secs,
+    ));
+    // The same convolution as one GEMM over shifted copies (checked against the kernel).
+    let diff = (conv3x3_by_gemm(x.clone(), w.clone())
+        - conv2d(x.clone(), w.clone(), None, options()))
+    .abs()
+    .max()
+    .into_scalar::<f32>();
+    let secs = time(warmup, steps, || {
+        let _ = conv3x3_by_gemm(x.clone(), w.clone())
+            .sum()
+            .into_scalar::<f32>();
+        Ok(())
+    })?;
+    out.push(figure(
+        format!("{what}, forward as one GEMM (max diff to the kernel {diff:.1e})"),
+        conv_flop,
+        secs,
+    ));
+    let secs = time(warmup, steps, || {
+        let grads = conv3x3_by_gemm(xa.clone(), wa.clone()).sum().backward();
+        let gx = xa.grad(&grads).expect("input gradient");
+        let gw = wa.grad(&grads).expect("weight gradient");
+        let _ = (gx.sum() + gw.sum()).into_scalar::<f32>();
+        Ok(())
+    })?;
+    out.push(figure(
+        format!("{what}, forward + backward as one GEMM"),
+        3.0 * conv_flop,
+        secs,
+    ));
+    Ok(out)
+}
+
 pub fn bench_inception(
     weights: &Path,
     device: &Device,
@@ -413,7 +530,7 @@ pub fn bench_inception(
     Ok(Figures {
         stage: "inception",
         what: format!("FID Inception forward @ 299x299, batch {batch}"),
-        params: 0,
+        params: net.param_count(),
         batch,
         devices: 1,
         steps,
@@ -482,6 +599,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             }
         }
         BenchStage::Peak => unreachable!("handled above"),
+        BenchStage::Kernels => bench_kernels(device, a.res, a.batch, a.steps, a.warmup)?,
         BenchStage::Transformer | BenchStage::Sample => {
             let mut tcfg = transformer::new_config(&a.transformer, &a.sets)?;
             tcfg.arch = a.arch;

@@ -428,6 +428,26 @@ pub struct InceptionOut {
 }
 
 impl FidInception {
+    /// Parameters up to pool3 as loaded: conv weights with batch norm folded in and one bias
+    /// per output channel (torchvision's count to pool3 less one batch-norm scale per channel).
+    pub fn param_count(&self) -> usize {
+        let conv = |c: &ConvBn| c.weight.shape().num_elements() + c.bias.shape().num_elements();
+        let stem: usize = self.stem.iter().flatten().map(conv).sum();
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| &b.branches)
+            .map(|b| {
+                b.chain
+                    .iter()
+                    .chain(b.split.iter().flatten())
+                    .map(conv)
+                    .sum::<usize>()
+            })
+            .sum();
+        stem + blocks
+    }
+
     /// Opens a weights file (`.pth` from pytorch-fid or our `.safetensors`); a missing file is
     /// an error naming [`FETCH_SCRIPT`].
     pub fn open(path: &Path, device: &Device) -> Result<Self> {
