@@ -21,7 +21,10 @@ if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   "$venv/bin/pip" install -q "torch==2.15.*" "torchvision==0.29.*" numpy
 fi
 py="$venv/bin/python"
-cargo build --locked --release
+# PyTorch uses AVX-512 where the CPU has it; so does seqgan with its `avx512` feature.
+features=()
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then features=(--features avx512); fi
+cargo build --locked --release "${features[@]}"
 seqgan="$CARGO_TARGET_DIR/release/seqgan"
 
 # name | seqgan bench arguments | pytorch_reference.py arguments
@@ -40,7 +43,7 @@ stages=${STAGES:-$(printf '%s\n' "${table[@]}" | cut -d'|' -f1 | tr '\n' ' ')}
 
 field() { echo "$1" | grep -o "\"$2\":[0-9.e+-]*" | head -1 | cut -d: -f2; }
 
-echo "seqgan $("$seqgan" --version | cut -d' ' -f2) (release, CPU device) vs PyTorch $("$py" -c 'import torch; print(torch.__version__)') (eager, $threads threads), $(nproc) cores, $(date -u +%F)"
+echo "seqgan $("$seqgan" --version | cut -d' ' -f2) (release ${features[*]}, CPU device) vs PyTorch $("$py" -c 'import torch; print(torch.__version__)') (eager, $threads threads), $(nproc) cores, $(date -u +%F)"
 printf '| %-16s | %-24s | %-24s | %-9s | %-12s | %-12s |\n' stage "seqgan (rounds)" "PyTorch (rounds)" ratio "params seqgan" "params torch"
 printf '|%s|%s|%s|%s|%s|%s|\n' ------------------ -------------------------- -------------------------- ----------- -------------- --------------
 for name in $stages; do
