@@ -455,14 +455,17 @@ pub fn bench_kernels(
     let wa = (Tensor::<4>::random([c, c, 3, 3], uniform, &ad) * 0.03)
         .detach()
         .require_grad();
-    let secs = time(warmup, steps, || {
-        let y = conv2d(xa.clone(), wa.clone(), None, options());
-        let grads = y.sum().backward();
-        let gx = xa.grad(&grads).expect("input gradient");
-        let gw = wa.grad(&grads).expect("weight gradient");
-        let _ = (gx.sum() + gw.sum()).into_scalar::<f32>();
-        Ok(())
-    })?;
+    // Forward + backward of `conv`, reading both gradients.
+    let fwd_bwd = |conv: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
+        time(warmup, steps, || {
+            let grads = conv(xa.clone(), wa.clone()).sum().backward();
+            let gx = xa.grad(&grads).expect("input gradient");
+            let gw = wa.grad(&grads).expect("weight gradient");
+            let _ = (gx.sum() + gw.sum()).into_scalar::<f32>();
+            Ok(())
+        })
+    };
+    let secs = fwd_bwd(&|x, w| conv2d(x, w, None, options()))?;
     out.push(figure(
         format!("{what}, forward + backward"),
         3.0 * conv_flop,
@@ -485,13 +488,7 @@ pub fn bench_kernels(
         conv_flop,
         secs,
     ));
-    let secs = time(warmup, steps, || {
-        let grads = conv3x3_by_gemm(xa.clone(), wa.clone()).sum().backward();
-        let gx = xa.grad(&grads).expect("input gradient");
-        let gw = wa.grad(&grads).expect("weight gradient");
-        let _ = (gx.sum() + gw.sum()).into_scalar::<f32>();
-        Ok(())
-    })?;
+    let secs = fwd_bwd(&conv3x3_by_gemm)?;
     out.push(figure(
         format!("{what}, forward + backward as one GEMM"),
         3.0 * conv_flop,
