@@ -59,17 +59,19 @@ run bench --device "$device" --stage inception --batch "$inc_batch" "${steps[@]}
 
 echo
 echo "summary (GFLOP/s counted from the configs; share of the device's float32 peak when measured):"
+# One field of a BENCH record; empty when absent (never fails the script).
+field() { grep -o "\"$1\":\"\?[^\",}]*" <<<"$2" | head -1 | sed 's/^"[a-z_]*":"\?//' || true; }
 grep '^BENCH {' "$log" | grep -v '"stage":"peak"' | while read -r _ json; do
-  stage=$(echo "$json" | grep -o '"stage":"[a-z]*"' | cut -d'"' -f4)
-  thr=$(echo "$json" | grep -o '"throughput":[0-9.e+-]*' | cut -d: -f2)
-  unit=$(echo "$json" | grep -o '"unit":"[a-z/]*"' | cut -d'"' -f4)
-  gf=$(echo "$json" | grep -o '"gflop_per_s":[0-9.e+-]*' | cut -d: -f2)
-  dev=$(echo "$json" | grep -o '"devices":[0-9]*' | cut -d: -f2)
-  mem=$(echo "$json" | grep -o '"device_reserved_mib":[0-9.e+-]*' | cut -d: -f2 || true)
+  what=$(grep -o '"what":"[^"]*"' <<<"$json" | cut -d'"' -f4 | cut -c1-48 || true)
+  thr=$(field throughput "$json")
+  unit=$(field unit "$json")
+  gf=$(field gflop_per_s "$json")
+  dev=$(field devices "$json")
+  mem=$(field device_reserved_mib "$json")
   share=""
   if [ -n "$peak" ]; then
     share=$(awk -v g="$gf" -v p="$peak" 'BEGIN { printf "%.1f%% of peak", 100 * g * 1e9 / p }')
   fi
-  printf '%-12s %d device(s) %12.2f %-9s %10.1f GFLOP/s %s device pools %s MiB\n' \
-    "$stage" "$dev" "$thr" "$unit" "$gf" "$share" "${mem:-n/a}"
+  printf '%-48s %s dev %10.2f %-9s %8.1f GFLOP/s %s pools %.0f MiB\n' \
+    "$what" "${dev:-1}" "${thr:-0}" "$unit" "${gf:-0}" "$share" "${mem:-0}"
 done
