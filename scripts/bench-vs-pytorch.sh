@@ -21,9 +21,9 @@ if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   "$venv/bin/pip" install -q "torch==2.15.*" "torchvision==0.29.*" numpy
 fi
 py="$venv/bin/python"
-# PyTorch uses AVX-512 where the CPU has it; so does seqgan with its `avx512` feature.
-features=()
-if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then features=(--features avx512); fi
+# PyTorch uses AVX-512 where the CPU has it; so does seqgan (its default `avx512` feature picks
+# the gemm crate's AVX-512 kernels at run time). FEATURES="--no-default-features" measures AVX2.
+read -r -a features <<<"${FEATURES:-}"
 cargo build --locked --release "${features[@]}"
 seqgan="$CARGO_TARGET_DIR/release/seqgan"
 
