@@ -62,7 +62,7 @@ echo "summary (GFLOP/s counted from the configs; share of the device's float32 p
 # One field of a BENCH record; empty when absent (never fails the script).
 field() { grep -o "\"$1\":\"\?[^\",}]*" <<<"$2" | head -1 | sed 's/^"[a-z_]*":"\?//' || true; }
 grep '^BENCH {' "$log" | grep -v '"stage":"peak"' | while read -r _ json; do
-  what=$(grep -o '"what":"[^"]*"' <<<"$json" | cut -d'"' -f4 | cut -c1-48 || true)
+  what=$(grep -o '"what":"[^"]*"' <<<"$json" | cut -d'"' -f4 || true)
   thr=$(field throughput "$json")
   unit=$(field unit "$json")
   gf=$(field gflop_per_s "$json")
@@ -72,6 +72,6 @@ grep '^BENCH {' "$log" | grep -v '"stage":"peak"' | while read -r _ json; do
   if [ -n "$peak" ]; then
     share=$(awk -v g="$gf" -v p="$peak" 'BEGIN { printf "%.1f%% of peak", 100 * g * 1e9 / p }')
   fi
-  printf '%-48s %s dev %10.2f %-9s %8.1f GFLOP/s %s pools %.0f MiB\n' \
-    "$what" "${dev:-1}" "${thr:-0}" "$unit" "${gf:-0}" "$share" "${mem:-0}"
+  printf '%s dev %10.2f %-9s %8.1f GFLOP/s %s pools %5.0f MiB  %s\n' \
+    "${dev:-1}" "${thr:-0}" "$unit" "${gf:-0}" "$share" "${mem:-0}" "$what"
 done
