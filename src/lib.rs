@@ -5,8 +5,8 @@
 //! - [`stages`]: phase 1, phase 2 and the transformer as stages of the training driver;
 //! - [`tokenizer`], [`transformer`], [`perceptual`], [`pretrained`], [`eval`], [`data`]: models,
 //!   losses, pretrained networks, metrics and data;
-//! - [`run`], [`config`], [`device`]: run folders, checkpoints, metrics, progress, the driver,
-//!   config mechanics, devices.
+//! - [`run`], [`config`], [`device`], [`kernels`]: run folders, checkpoints, metrics, progress,
+//!   the driver, config mechanics, devices, CPU kernels burn lacks.
 
 pub mod cli;
 pub mod commands;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod kernels;
 pub mod perceptual;
 pub mod pretrained;
 pub mod run;

@@ -17,6 +17,7 @@ use crate::cli::{BenchArgs, BenchStage};
 use crate::config::{self, RunKind};
 use crate::data::tokens::{TokenFile, TokenHeader};
 use crate::data::{Loader, LoaderSpec};
+use crate::kernels;
 use crate::perceptual::{LogitMode, PerceptualConfig, PerceptualLoss};
 use crate::pretrained::inception::{FidInception, INPUT_SIZE};
 use crate::pretrained::vgg16::random_weights;
@@ -384,7 +385,6 @@ pub fn bench_sampling(
     })
 }
 
-/// `seqgan bench --stage inception`: forward passes at 299x299.
 /// A 3x3 stride-1 "same" convolution as one GEMM over channels-last shifted copies (im2col
 /// from tensor ops): the candidate route against the backend's conv kernel.
 fn conv3x3_by_gemm(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
@@ -471,6 +471,13 @@ pub fn bench_kernels(
         3.0 * conv_flop,
         secs,
     ));
+    // The models' convolution: burn's forward and input gradient, our GEMM weight gradient.
+    let secs = fwd_bwd(&|x, w| kernels::conv2d_with(x, w, None, options()))?;
+    out.push(figure(
+        format!("{what}, forward + backward, seqgan's weight gradient"),
+        3.0 * conv_flop,
+        secs,
+    ));
     // The same convolution as one GEMM over shifted copies (checked against the kernel).
     let diff = (conv3x3_by_gemm(x.clone(), w.clone())
         - conv2d(x.clone(), w.clone(), None, options()))
@@ -497,6 +504,7 @@ pub fn bench_kernels(
     Ok(out)
 }
 
+/// `seqgan bench --stage inception`: forward passes at 299x299.
 pub fn bench_inception(
     weights: &Path,
     device: &Device,

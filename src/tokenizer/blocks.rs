@@ -8,6 +8,8 @@ use burn::tensor::module::{avg_pool2d, interpolate};
 use burn::tensor::ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels::conv2d;
+
 /// GroupNorm with the largest group count `<= max_groups` that divides `channels`.
 pub fn group_norm(channels: usize, max_groups: usize, eps: f64, device: &Device) -> GroupNorm {
     let groups = (1..=max_groups.min(channels))
@@ -49,10 +51,10 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let h = conv2d(&self.conv2, silu(self.norm2.forward(h)));
         let skip = match &self.shortcut {
-            Some(c) => c.forward(x),
+            Some(c) => conv2d(c, x),
             None => x,
         };
         h + skip

@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor};
 use super::attention::WindowAttention;
 use super::blocks::{ResBlock, conv, group_norm, upsample};
 use super::config::TokenizerModelConfig;
+use crate::kernels::conv2d;
 
 #[derive(Module, Debug)]
 pub struct DecoderLevel {
@@ -115,7 +116,7 @@ impl Decoder {
 
     /// `[B, code_dim, h, w]` -> `[B, 3, h*f, w*f]` (unbounded; ~[-1, 1]).
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut h = self.conv_in.forward(z);
+        let mut h = conv2d(&self.conv_in, z);
         for b in &self.mid {
             h = b.forward(h);
         }
@@ -127,9 +128,9 @@ impl Decoder {
                 h = a.forward(h);
             }
             if let Some(c) = &level.upsample {
-                h = c.forward(upsample(h));
+                h = conv2d(c, upsample(h));
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(self.norm_out.forward(h)))
     }
 }

@@ -6,12 +6,12 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::leaky_relu;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::blocks::{conv, downsample};
 use super::config::DiscConfig;
+use crate::kernels::{conv2d, conv2d_with};
 
 const SLOPE: f64 = 0.2;
 
@@ -32,9 +32,9 @@ impl DiscBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let skip = self.skip.forward(downsample(x.clone()));
-        let h = leaky_relu(self.conv1.forward(x), SLOPE);
-        let h = downsample(leaky_relu(self.conv2.forward(h), SLOPE));
+        let skip = conv2d(&self.skip, downsample(x.clone()));
+        let h = leaky_relu(conv2d(&self.conv1, x), SLOPE);
+        let h = downsample(leaky_relu(conv2d(&self.conv2, h), SLOPE));
         (h + skip) * std::f64::consts::FRAC_1_SQRT_2
     }
 
@@ -74,14 +74,14 @@ impl Dual {
     fn conv(self, c: &Conv2d) -> Self {
         let w = c.weight.val();
         let pad = [w.dims()[2] / 2, w.dims()[3] / 2];
-        let t = conv2d(
+        let t = conv2d_with(
             self.t,
             w,
             None,
             ConvOptions::new(c.stride, pad, c.dilation, c.groups),
         );
         Self {
-            v: c.forward(self.v),
+            v: conv2d(c, self.v),
             t,
         }
     }
@@ -169,7 +169,7 @@ impl Discriminator {
 
     /// Images `[B, 3, H, W]` -> logits `[B, 1]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut h = leaky_relu(self.from_rgb.forward(x), SLOPE);
+        let mut h = leaky_relu(conv2d(&self.from_rgb, x), SLOPE);
         for b in &self.blocks {
             h = b.forward(h);
         }
@@ -180,7 +180,7 @@ impl Discriminator {
             let feat = std.reshape([1, 1, 1, 1]).expand([b, 1, hh, ww]);
             h = Tensor::cat(vec![h, feat], 1);
         }
-        let h = leaky_relu(self.conv_out.forward(h), SLOPE);
+        let h = leaky_relu(conv2d(&self.conv_out, h), SLOPE);
         let [b, c, hh, ww] = h.dims();
         let h = leaky_relu(self.fc.forward(h.reshape([b, c * hh * ww])), SLOPE);
         self.head.forward(h)

@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::blocks::{ResBlock, conv, downsample, group_norm};
 use super::config::TokenizerModelConfig;
+use crate::kernels::conv2d;
 
 #[derive(Module, Debug)]
 pub struct EncoderLevel {
@@ -51,7 +52,7 @@ impl Encoder {
 
     /// `[B, 3, H, W]` in [-1, 1] -> `[B, code_dim, H/f, W/f]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv2d(&self.conv_in, x);
         let last = self.levels.len() - 1;
         for (i, level) in self.levels.iter().enumerate() {
             for b in &level.blocks {
@@ -64,6 +65,6 @@ impl Encoder {
         for b in &self.mid {
             h = b.forward(h);
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(self.norm_out.forward(h)))
     }
 }
