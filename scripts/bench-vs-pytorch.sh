@@ -2,10 +2,11 @@
 # seqgan against PyTorch on this machine, stage by stage, at the same config and batch: for
 # each stage, `seqgan bench` and bench/pytorch_reference.py (a PyTorch reference of our own
 # models and steps) run back to back, alternating, for ROUNDS rounds; prints both throughputs,
-# their ratio and each side's parameter count. Release build of seqgan, CPU device, float32;
-# PyTorch eager with THREADS threads (default: the number of cores). PyTorch is installed from
-# PyPI into a venv (~5 GB with its CUDA libraries, used on the CPU) on the first run; it is a
-# benchmark dependency only. Not run by CI (it takes about an hour on 2 cores).
+# their ratio, each side's parameter count and peak resident memory. Release build of seqgan,
+# CPU device, float32; PyTorch eager with THREADS threads (default: the number of cores).
+# PyTorch is installed from PyPI into a venv (~5 GB with its CUDA libraries, used on the CPU) on
+# the first run; it is a benchmark dependency only. Not run by CI (about 10 minutes per round
+# on 2 cores).
 #
 #   scripts/bench-vs-pytorch.sh                 every stage
 #   STAGES="tok-tiny mg-tiny" scripts/bench-vs-pytorch.sh
@@ -43,9 +44,9 @@ stages=${STAGES:-$(printf '%s\n' "${table[@]}" | cut -d'|' -f1 | tr '\n' ' ')}
 
 field() { echo "$1" | grep -o "\"$2\":[0-9.e+-]*" | head -1 | cut -d: -f2; }
 
-echo "seqgan $("$seqgan" --version | cut -d' ' -f2) (release ${features[*]}, CPU device) vs PyTorch $("$py" -c 'import torch; print(torch.__version__)') (eager, $threads threads), $(nproc) cores, $(date -u +%F)"
-printf '| %-16s | %-24s | %-24s | %-9s | %-12s | %-12s |\n' stage "seqgan (rounds)" "PyTorch (rounds)" ratio "params seqgan" "params torch"
-printf '|%s|%s|%s|%s|%s|%s|\n' ------------------ -------------------------- -------------------------- ----------- -------------- --------------
+echo "seqgan $("$seqgan" --version | cut -d' ' -f2) (release ${features[*]}, CPU device) vs PyTorch $("$py" -c 'import torch; print(torch.__version__)') (eager, $threads threads), $(nproc) cores, $(grep -qw avx512f /proc/cpuinfo && echo AVX-512 || echo 'no AVX-512'), $(date -u +%F)"
+printf '| %-16s | %-24s | %-24s | %-9s | %-12s | %-12s | %-11s | %-18s |\n' stage "seqgan (rounds)" "PyTorch (rounds)" ratio "params seqgan" "params torch" "peak seqgan" "peak torch (import)"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ -------------------------- -------------------------- ----------- -------------- -------------- ------------- --------------------
 for name in $stages; do
   row=$(printf '%s\n' "${table[@]}" | grep "^$name|")
   ours=$(echo "$row" | cut -d'|' -f2)
@@ -64,8 +65,13 @@ for name in $stages; do
     # Only the GAN stages report a discriminator (no match is not an error).
     dp=$(echo "$t_json" | grep -o '"disc_params":[0-9]*' | cut -d: -f2 || true)
     tp=$((tp + ${dp:-0}))  # seqgan counts the discriminator with the tokenizer
+    # Peak resident memory of the last round, MiB (torch's includes its import, shown apart).
+    s_peak=$(field "$s_json" peak_host_mib)
+    t_peak=$(field "$t_json" peak_rss_mib)
+    t_import=$(field "$t_json" import_rss_mib)
   done
   ratio=$(printf '%s\n' "${s_vals[@]}" | awk -v t="${t_vals[*]}" '{ s += $1 } END { n = split(t, a, " "); for (i = 1; i <= n; i++) u += a[i]; printf "%.2f", (s / NR) / (u / n) }')
-  printf '| %-16s | %-24s | %-24s | %-9s | %-12s | %-12s |\n' "$name" \
-    "$(printf '%.3g ' "${s_vals[@]}")$unit" "$(printf '%.3g ' "${t_vals[@]}")$unit" "$ratio" "$sp" "$tp"
+  printf '| %-16s | %-24s | %-24s | %-9s | %-12s | %-12s | %-11s | %-18s |\n' "$name" \
+    "$(printf '%.3g ' "${s_vals[@]}")$unit" "$(printf '%.3g ' "${t_vals[@]}")$unit" "$ratio" "$sp" "$tp" \
+    "$(printf '%.0f MiB' "${s_peak:-0}")" "$(printf '%.0f MiB (%.0f)' "${t_peak:-0}" "${t_import:-0}")"
 done
