@@ -30,7 +30,7 @@ use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::device::{DeviceChoice, kind_of};
+use super::on_cpu;
 
 /// Convolution ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -76,7 +76,11 @@ impl ConvKernels for Flex {
         if options.groups != 1 || x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
             return Flex::conv2d_weight_backward(x, weight, grad, options);
         }
-        let shape = Shape2d::new(&x.shape().dims::<4>(), &weight.shape().dims::<4>(), &grad);
+        let shape = Shape2d::new(
+            x.shape().dims::<4>(),
+            weight.shape().dims::<4>(),
+            grad.shape().dims::<4>(),
+        );
         let x = x.to_contiguous();
         let grad = grad.to_contiguous();
         let (Some(xs), Some(gs)) = (x.as_slice::<f32>(), grad.as_slice::<f32>()) else {
@@ -147,16 +151,27 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
     }
 }
 
-/// `conv.forward(x)`, with the weight gradient of [`ConvKernels`] on the CPU device; the same
-/// values (forward and input gradient bit for bit, the weight gradient to float rounding).
-pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// The options of `conv`'s convolution; `None` for `Same` padding (left to burn's module).
+pub fn conv_options(conv: &Conv2d) -> Option<ConvOptions<2>> {
     let (rows, cols) = match conv.padding {
         PaddingConfig2d::Valid => ((0, 0), (0, 0)),
         PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
-        PaddingConfig2d::Same => return conv.forward(x),
+        PaddingConfig2d::Same => return None,
     };
-    let options =
-        ConvOptions::new_with_padding(conv.stride, [rows, cols], conv.dilation, conv.groups);
+    Some(ConvOptions::new_with_padding(
+        conv.stride,
+        [rows, cols],
+        conv.dilation,
+        conv.groups,
+    ))
+}
+
+/// `conv.forward(x)`, with the weight gradient of [`ConvKernels`] on the CPU device; the same
+/// values (forward and input gradient bit for bit, the weight gradient to float rounding).
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let Some(options) = conv_options(conv) else {
+        return conv.forward(x);
+    };
     let bias = conv.bias.as_ref().map(|b| b.val());
     conv2d_with(x, conv.weight.val(), bias, options)
 }
@@ -168,7 +183,7 @@ pub fn conv2d_with(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    if kind_of(&x.device()) != DeviceChoice::Cpu {
+    if !on_cpu(&x.device()) {
         return burn_conv2d(x, weight, bias, options);
     }
     let y = Tensor::from_dispatch(<Dispatch as ConvKernels>::conv2d_no_bias(
@@ -199,8 +214,7 @@ struct Shape2d {
 }
 
 impl Shape2d {
-    fn new(x: &[usize; 4], weight: &[usize; 4], grad: &FlexTensor) -> Self {
-        let g = grad.shape().dims::<4>();
+    fn new(x: [usize; 4], weight: [usize; 4], g: [usize; 4]) -> Self {
         Self {
             batch: x[0],
             c_in: x[1],

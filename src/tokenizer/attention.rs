@@ -10,9 +10,9 @@
 
 use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
+
+use crate::kernels;
 
 /// Largest divisor of `map` that is `<= b`: the window side along one axis. A map smaller
 /// than the window is one whole window; a side that `b` does not divide uses a smaller window.
@@ -129,14 +129,8 @@ impl WindowAttention {
                 .reshape([g, n, self.heads, dh])
                 .swap_dims(1, 2)
         };
-        let out = attention(
-            part(0),
-            part(1),
-            part(2),
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        );
+        // One differentiable op on the CPU device (src/kernels/attention.rs).
+        let out = kernels::attention(part(0), part(1), part(2), false);
         let out = self.proj.forward(out.swap_dims(1, 2).reshape([g, n, c]));
         x + merge(out, dims, win, self.dilated)
     }

@@ -6,12 +6,11 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::leaky_relu;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::blocks::{conv, downsample};
 use super::config::DiscConfig;
-use crate::kernels::{conv2d, conv2d_with};
+use crate::kernels::{conv_options, conv2d, conv2d_with};
 
 const SLOPE: f64 = 0.2;
 
@@ -72,14 +71,8 @@ impl Dual {
 
     /// The convolution on the value; its linear part (no bias) on the tangent.
     fn conv(self, c: &Conv2d) -> Self {
-        let w = c.weight.val();
-        let pad = [w.dims()[2] / 2, w.dims()[3] / 2];
-        let t = conv2d_with(
-            self.t,
-            w,
-            None,
-            ConvOptions::new(c.stride, pad, c.dilation, c.groups),
-        );
+        let options = conv_options(c).expect("the discriminator's convs pad explicitly");
+        let t = conv2d_with(self.t, c.weight.val(), None, options);
         Self {
             v: conv2d(c, self.v),
             t,

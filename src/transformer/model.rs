@@ -7,12 +7,12 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
 };
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use super::config::{Arch, TransformerModelConfig};
+use crate::kernels;
 
 /// Std of the normal init of every weight matrix and embedding (GPT-2 / MaskGIT).
 const INIT_STD: f64 = 0.02;
@@ -105,11 +105,11 @@ impl Block {
     fn finish(&self, x: Tensor<3>, att: Tensor<4>) -> Tensor<3> {
         let [b, l, d] = x.dims();
         let att = att.swap_dims(1, 2).reshape([b, l, d]);
-        let x = x + self.drop.forward(self.proj.forward(att));
-        let h = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
-        x + self.drop.forward(h)
+        let x = x + kernels::dropout(&self.drop, self.proj.forward(att));
+        let h = self.fc2.forward(kernels::gelu(
+            self.fc1.forward(self.norm2.forward(x.clone())),
+        ));
+        x + kernels::dropout(&self.drop, h)
     }
 
     /// One new position `x` `[B, 1, D]` attending to the cached keys/values plus itself.
@@ -130,11 +130,8 @@ impl Block {
 
     fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
         let [q, k, v] = self.qkv(x.clone());
-        let options = AttentionModuleOptions {
-            is_causal: causal,
-            ..Default::default()
-        };
-        let att = attention(q, k, v, None, None, options);
+        // One differentiable op on the CPU device (src/kernels/attention.rs).
+        let att = kernels::attention(q, k, v, causal);
         self.finish(x, att)
     }
 }
@@ -211,7 +208,7 @@ impl Transformer {
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [_, l] = tokens.dims();
         let pos = self.pos_emb.val().narrow(1, 0, l);
-        let mut x = self.drop.forward(self.tok_emb.forward(tokens) + pos);
+        let mut x = kernels::dropout(&self.drop, self.tok_emb.forward(tokens) + pos);
         for block in &self.blocks {
             x = block.forward(x, self.causal);
         }
