@@ -1030,6 +1030,10 @@ def run_inception(a) -> dict:
     return out
 
 
+# Attention shapes of `seqgan bench --stage kernels`: the tiny and base MaskGIT blocks.
+ATTENTION_SHAPES = {"tiny": (32, 4, 65, 16), "base": (2, 16, 257, 48)}
+
+
 def run_kernels(a) -> dict:
     """As `seqgan bench --stage kernels`: a res x res matmul, a 3x3 conv 128 -> 128 on
     batch x 32x32, forward and forward + backward, in GFLOP/s (one line per kernel on stderr)."""
@@ -1057,6 +1061,17 @@ def run_kernels(a) -> dict:
         (gx.sum() + gw.sum()).item()
 
     rate("conv_forward_backward", 3.0 * flop, fwd_bwd)
+    # Attention forward + backward at the tiny and base transformers' shapes (MaskGIT,
+    # batch x heads x L x dh), reading the three gradients.
+    for name, (b, h, l, dh) in ATTENTION_SHAPES.items():
+        q, k, v = (torch.randn(b, h, l, dh).requires_grad_() for _ in range(3))
+
+        def att():
+            out = F.scaled_dot_product_attention(q, k, v)
+            gq, gk, gv = torch.autograd.grad((out * out.detach().cos()).sum(), [q, k, v])
+            (gq.sum() + gk.sum() + gv.sum()).item()
+
+        rate(f"attention_{name}", 3.0 * 4.0 * b * h * l * l * dh, att)
     return {"stage": "kernels", "batch": batch, "params": 0, "throughput": rates["matmul"],
             "unit": "GFLOP/s", **{f"gflop_per_s_{k}": round(v, 2) for k, v in rates.items()}}
 

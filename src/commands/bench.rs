@@ -5,7 +5,7 @@
 
 use anyhow::{Result, bail};
 use burn::module::Module;
-use burn::tensor::module::conv2d;
+use burn::tensor::module::{attention, conv2d};
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
@@ -501,6 +501,53 @@ pub fn bench_kernels(
         3.0 * conv_flop,
         secs,
     ));
+    out.extend(bench_attention(&ad, steps, warmup, &figure)?);
+    Ok(out)
+}
+
+/// Attention forward + backward at the tiny and base MaskGIT shapes `[B, heads, L, dh]`:
+/// burn's attention (on autodiff, a composition of tensor ops) and ours (src/kernels).
+fn bench_attention(
+    ad: &Device,
+    steps: usize,
+    warmup: usize,
+    figure: &dyn Fn(String, f64, f64) -> Figures,
+) -> Result<Vec<Figures>> {
+    let mut out = Vec::new();
+    for (name, [b, h, l, dh]) in [("tiny", [32, 4, 65, 16]), ("base", [2, 16, 257, 48])] {
+        let normal = Distribution::Normal(0.0, 1.0);
+        let [q, k, v] =
+            [0; 3].map(|_| Tensor::<4>::random([b, h, l, dh], normal, ad).require_grad());
+        // QK^T and PV forward, four products of the same size backward.
+        let flop = 3.0 * 4.0 * (b * h * l * l * dh) as f64;
+        for (who, ours) in [("burn", false), ("seqgan", true)] {
+            let secs = time(warmup, steps, || {
+                let (q, k, v) = (q.clone(), k.clone(), v.clone());
+                let y = if ours {
+                    kernels::attention(q.clone(), k.clone(), v.clone(), false)
+                } else {
+                    attention(
+                        q.clone(),
+                        k.clone(),
+                        v.clone(),
+                        None,
+                        None,
+                        Default::default(),
+                    )
+                };
+                let grads = (y.clone() * y.detach().cos()).sum().backward();
+                let g = [&q, &k, &v].map(|t| t.grad(&grads).expect("gradient").sum());
+                let [a, b2, c] = g;
+                let _ = (a + b2 + c).into_scalar::<f32>();
+                Ok(())
+            })?;
+            out.push(figure(
+                format!("attention {name} {b}x{h}x{l}x{dh}, forward + backward, {who}"),
+                flop,
+                secs,
+            ));
+        }
+    }
     Ok(out)
 }
 
