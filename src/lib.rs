@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod host_alloc;
 pub mod kernels;
 pub mod perceptual;
 pub mod pretrained;

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    seqgan::host_alloc::tune();
     let cli = seqgan::cli::Cli::parse();
     if let Err(e) = seqgan::commands::run(&cli.command) {
         eprintln!("error: {e:#}");

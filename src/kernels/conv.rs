@@ -1,13 +1,19 @@
-//! 2D convolution whose weight gradient on the CPU device is one GEMM over im2col patches.
+//! 2D convolution on the CPU device as GEMMs over im2col patches of the NCHW input, forward and
+//! both gradients.
 //!
-//! burn-flex computes a convolution's weight gradient the generic way (burn-backend's
-//! `conv2d_weight_backward`): a second convolution with batch and channels swapped and the
-//! *output* map as its kernel. That is a GEMM whose inner size is the kernel's area (9 for a 3x3
-//! conv), so it runs at a fraction of the GEMM peak; measured with `seqgan bench --stage
-//! kernels` it is the slowest of the three passes of a 3x3 conv. Here the weight gradient is
-//! `dW[co, (ci, kh, kw)] = sum_b G_b[co, p] . patches_b[(ci, kh, kw), p]`: one GEMM per batch
-//! element and tile of output rows, accumulated in place, on patches built straight from the
-//! NCHW input. The forward pass and the input gradient stay burn's own.
+//! burn-flex's forward converts the input to NHWC and the weight to `[co, kh, kw, ci]` on one
+//! thread at every call, builds patches per tile of 512 output pixels and scatters the GEMM's
+//! result back to NCHW; its input gradient is a transposed convolution and its weight gradient
+//! the generic one (burn-backend's `conv2d_weight_backward`: a convolution with the *output*
+//! map as kernel, a GEMM whose inner size is the kernel's area, 9 for 3x3). Here, per batch
+//! element and tile of output rows, with `patches[(ci, kh, kw), p]` built straight from NCHW:
+//! - forward: `Y_b[co, p] = W[co, (ci, kh, kw)] . patches` (W's own layout, Y's own layout);
+//! - input gradient: `dpatches = W^T . G_b`, each entry added back onto the pixel it was read
+//!   from (col2im, one input channel per task);
+//! - weight gradient: `dW += G_b . patches^T`, accumulated in place over the batch.
+//!
+//! Batch elements run in parallel when there are at least as many as threads (serial GEMMs),
+//! otherwise in turn with parallel patches and GEMMs.
 //!
 //! The op enters through burn's backend-extension point: [`ConvKernels`] is implemented for
 //! the Flex backend (our kernel) and for `Autodiff<B>` (the backward step that calls it). Other
@@ -35,13 +41,24 @@ use super::on_cpu;
 /// Convolution ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
 pub trait ConvKernels: Backend {
-    /// `conv2d(x, weight)` without bias, whose backward computes the weight gradient with
-    /// [`ConvKernels::conv2d_weight_grad`].
+    /// `conv2d(x, weight)` without bias; its backward runs [`ConvKernels::conv2d_input_grad`]
+    /// and [`ConvKernels::conv2d_weight_grad`].
     fn conv2d_no_bias(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
+
+    /// The gradient of `conv2d(x, weight)` with respect to `x`, given the output's gradient
+    /// `grad`. Defaults to burn's generic computation.
+    fn conv2d_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        Self::conv2d_x_backward(x, weight, grad, options)
+    }
 
     /// The gradient of `conv2d(x, weight)` with respect to `weight`, given the output's
     /// gradient `grad`. Defaults to burn's generic computation.
@@ -55,8 +72,38 @@ pub trait ConvKernels: Backend {
     }
 }
 
-/// Weight gradients computed by our kernel (so a test can tell that the op was routed to it).
+/// Convolution passes computed by our kernels (so a test can tell that the ops were routed to
+/// them): forward, input gradient, weight gradient.
+static GEMM_FORWARDS: AtomicUsize = AtomicUsize::new(0);
+static GEMM_INPUT_GRADS: AtomicUsize = AtomicUsize::new(0);
 static GEMM_WEIGHT_GRADS: AtomicUsize = AtomicUsize::new(0);
+
+/// `(x, weight)` as contiguous f32 tensors with the problem's sizes, or `None` where our
+/// kernels do not apply (grouped convolutions, other float types): burn's then.
+fn problem(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    out: [usize; 2],
+    options: &ConvOptions<2>,
+) -> Option<(FlexTensor, FlexTensor, Shape2d)> {
+    if options.groups != 1 || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return None;
+    }
+    let shape = Shape2d::new(x.shape().dims::<4>(), weight.shape().dims::<4>(), out);
+    Some((x.to_contiguous(), weight.to_contiguous(), shape))
+}
+
+fn f32_tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape.into()),
+        DType::F32,
+    )
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
 
 impl ConvKernels for Flex {
     fn conv2d_no_bias(
@@ -64,7 +111,41 @@ impl ConvKernels for Flex {
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        Flex::conv2d(x, weight, None, options)
+        let [h, w] = [x.shape()[2], x.shape()[3]];
+        let [kh, kw] = [weight.shape()[2], weight.shape()[3]];
+        let out = [0, 1].map(|d| {
+            let (size, k) = ([h, w][d], [kh, kw][d]);
+            let padded = size + options.padding[d].0 + options.padding[d].1;
+            let span = options.dilation[d] * (k - 1) + 1;
+            padded.checked_sub(span).map(|v| v / options.stride[d] + 1)
+        });
+        let ([Some(oh), Some(ow)], Some((x, weight, s))) =
+            (out, problem(&x, &weight, [1, 1], &options))
+        else {
+            return Flex::conv2d(x, weight, None, options);
+        };
+        let s = Shape2d { oh, ow, ..s };
+        let y = forward_f32(slice(&x), slice(&weight), &s, &options);
+        GEMM_FORWARDS.fetch_add(1, Ordering::Relaxed);
+        f32_tensor(y, [s.batch, s.c_out, oh, ow])
+    }
+
+    fn conv2d_input_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        let g = grad.shape().dims::<4>();
+        let Some((_, weight, s)) =
+            problem(&x, &weight, [g[2], g[3]], &options).filter(|_| grad.dtype() == DType::F32)
+        else {
+            return Flex::conv2d_x_backward(x, weight, grad, options);
+        };
+        let grad = grad.to_contiguous();
+        let dx = input_grad_f32(slice(&grad), slice(&weight), &s, &options);
+        GEMM_INPUT_GRADS.fetch_add(1, Ordering::Relaxed);
+        f32_tensor(dx, [s.batch, s.c_in, s.h, s.w])
     }
 
     fn conv2d_weight_grad(
@@ -73,26 +154,16 @@ impl ConvKernels for Flex {
         grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        if options.groups != 1 || x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
-            return Flex::conv2d_weight_backward(x, weight, grad, options);
-        }
-        let shape = Shape2d::new(
-            x.shape().dims::<4>(),
-            weight.shape().dims::<4>(),
-            grad.shape().dims::<4>(),
-        );
-        let x = x.to_contiguous();
-        let grad = grad.to_contiguous();
-        let (Some(xs), Some(gs)) = (x.as_slice::<f32>(), grad.as_slice::<f32>()) else {
+        let g = grad.shape().dims::<4>();
+        let Some((x, weight, s)) =
+            problem(&x, &weight, [g[2], g[3]], &options).filter(|_| grad.dtype() == DType::F32)
+        else {
             return Flex::conv2d_weight_backward(x, weight, grad, options);
         };
-        let dw = weight_grad_f32(xs, gs, &shape, &options);
+        let grad = grad.to_contiguous();
+        let dw = weight_grad_f32(slice(&x), slice(&grad), &s, &options);
         GEMM_WEIGHT_GRADS.fetch_add(1, Ordering::Relaxed);
-        FlexTensor::new(
-            Bytes::from_elems(dw),
-            Layout::contiguous(weight.shape()),
-            DType::F32,
-        )
+        f32_tensor(dw, weight.shape().dims::<4>())
     }
 }
 
@@ -121,7 +192,7 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
                 let w: FloatTensor<B> = checkpointer.retrieve_node_output(w_state);
                 if let Some(node) = node_x {
                     let gx =
-                        B::conv2d_x_backward(x.clone(), w.clone(), grad.clone(), options.clone());
+                        B::conv2d_input_grad(x.clone(), w.clone(), grad.clone(), options.clone());
                     grads.register::<B>(node.id, gx);
                 }
                 if let Some(node) = node_w {
@@ -166,8 +237,8 @@ pub fn conv_options(conv: &Conv2d) -> Option<ConvOptions<2>> {
     ))
 }
 
-/// `conv.forward(x)`, with the weight gradient of [`ConvKernels`] on the CPU device; the same
-/// values (forward and input gradient bit for bit, the weight gradient to float rounding).
+/// `conv.forward(x)`, through [`ConvKernels`] on the CPU device: the same values to float
+/// rounding (the sums run in another order).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let Some(options) = conv_options(conv) else {
         return conv.forward(x);
@@ -176,7 +247,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv2d_with(x, conv.weight.val(), bias, options)
 }
 
-/// `burn::tensor::module::conv2d`, with the weight gradient of [`ConvKernels`] on the CPU device.
+/// `burn::tensor::module::conv2d`, through [`ConvKernels`] on the CPU device.
 pub fn conv2d_with(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -200,7 +271,7 @@ pub fn conv2d_with(
     }
 }
 
-/// Sizes of one weight-gradient problem.
+/// Sizes of one convolution problem.
 struct Shape2d {
     batch: usize,
     c_in: usize,
@@ -214,7 +285,7 @@ struct Shape2d {
 }
 
 impl Shape2d {
-    fn new(x: [usize; 4], weight: [usize; 4], g: [usize; 4]) -> Self {
+    fn new(x: [usize; 4], weight: [usize; 4], [oh, ow]: [usize; 2]) -> Self {
         Self {
             batch: x[0],
             c_in: x[1],
@@ -223,8 +294,8 @@ impl Shape2d {
             c_out: weight[0],
             kh: weight[2],
             kw: weight[3],
-            oh: g[2],
-            ow: g[3],
+            oh,
+            ow,
         }
     }
 }
@@ -234,6 +305,183 @@ fn rows_per_tile(s: &Shape2d) -> usize {
     const TILE_FLOATS: usize = 4 << 20;
     let k = s.c_in * s.kh * s.kw;
     (TILE_FLOATS / (k * s.ow).max(1)).clamp(1, s.oh)
+}
+
+/// Whether to run batch elements in parallel (each with a serial GEMM): when there are at
+/// least as many as threads. Otherwise elements run in turn with parallel patches and GEMMs.
+fn batch_parallel(s: &Shape2d) -> bool {
+    s.batch >= rayon::current_num_threads()
+}
+
+/// GEMM parallelism for a problem of `mnk` multiply-adds inside one serial batch element.
+fn gemm_parallelism(mnk: usize, batch_parallel: bool) -> gemm::Parallelism {
+    if !batch_parallel && mnk >= 1 << 21 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// Runs `f(b, out_b)` for each batch element's `chunk`-sized slice of `out`, in parallel across
+/// elements or in turn (see [`batch_parallel`]).
+fn per_batch(out: &mut [f32], chunk: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if parallel {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(b, o)| f(b, o));
+    } else {
+        out.chunks_mut(chunk).enumerate().for_each(|(b, o)| f(b, o));
+    }
+}
+
+/// `y = conv(x, w)` (no bias) for contiguous NCHW `x` and `w` (groups = 1): per batch element
+/// and tile of output rows, `Y_b[co, tile] = W[co, (ci, kh, kw)] . patches[(ci, kh, kw), tile]`,
+/// written straight into the NCHW output.
+fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let k = s.c_in * s.kh * s.kw;
+    let p = s.oh * s.ow;
+    let mut y = vec![0.0f32; s.batch * s.c_out * p];
+    let rows = rows_per_tile(s);
+    let parallel = batch_parallel(s);
+    per_batch(&mut y, s.c_out * p, parallel, |b, yb| {
+        let xb = &x[b * s.c_in * s.h * s.w..(b + 1) * s.c_in * s.h * s.w];
+        let mut patches = vec![0.0f32; k * rows.min(s.oh) * s.ow];
+        for r0 in (0..s.oh).step_by(rows) {
+            let nr = rows.min(s.oh - r0);
+            let tile = nr * s.ow;
+            let patches = &mut patches[..k * tile];
+            fill_patches(patches, xb, s, o, r0, nr, !parallel);
+            // SAFETY: dst is the [c_out, tile] window of Y_b at column r0 * ow (row stride p),
+            // lhs is W [c_out, k] row-major, rhs patches [k, tile] row-major.
+            unsafe {
+                gemm::gemm(
+                    s.c_out,
+                    tile,
+                    k,
+                    yb.as_mut_ptr().add(r0 * s.ow),
+                    1,
+                    p as isize,
+                    false,
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    patches.as_ptr(),
+                    1,
+                    tile as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm_parallelism(s.c_out * k * tile, parallel),
+                );
+            }
+        }
+    });
+    y
+}
+
+/// `dx` of `y = conv(x, w)` from `g = dL/dy`: per batch element and tile of output rows,
+/// `dpatches = W^T . G_b[:, tile]`, then each patch entry is added back onto the input pixel
+/// it was read from (col2im), one input channel per task.
+fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let k = s.c_in * s.kh * s.kw;
+    let p = s.oh * s.ow;
+    let mut dx = vec![0.0f32; s.batch * s.c_in * s.h * s.w];
+    let rows = rows_per_tile(s);
+    let parallel = batch_parallel(s);
+    per_batch(&mut dx, s.c_in * s.h * s.w, parallel, |b, dxb| {
+        let gb = &g[b * s.c_out * p..(b + 1) * s.c_out * p];
+        let mut dpatches = vec![0.0f32; k * rows.min(s.oh) * s.ow];
+        for r0 in (0..s.oh).step_by(rows) {
+            let nr = rows.min(s.oh - r0);
+            let tile = nr * s.ow;
+            let dpatches = &mut dpatches[..k * tile];
+            // SAFETY: dst is dpatches [k, tile] row-major, lhs is W^T (W is [c_out, k]
+            // row-major), rhs the [c_out, tile] window of G_b at column r0 * ow (row stride p).
+            unsafe {
+                gemm::gemm(
+                    k,
+                    tile,
+                    s.c_out,
+                    dpatches.as_mut_ptr(),
+                    1,
+                    tile as isize,
+                    false,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    gb.as_ptr().add(r0 * s.ow),
+                    1,
+                    p as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm_parallelism(s.c_out * k * tile, parallel),
+                );
+            }
+            add_patches(dxb, dpatches, s, o, r0, nr, !parallel);
+        }
+    });
+    dx
+}
+
+/// The adjoint of [`fill_patches`]: adds each patch entry onto the input pixel it was read
+/// from (padding entries are dropped). Input channels are independent, so they run in parallel.
+fn add_patches(
+    dxb: &mut [f32],
+    dpatches: &[f32],
+    s: &Shape2d,
+    o: &ConvOptions<2>,
+    r0: usize,
+    nr: usize,
+    parallel: bool,
+) {
+    let tile = nr * s.ow;
+    let taps = s.kh * s.kw;
+    let (sh, sw) = (o.stride[0], o.stride[1]);
+    let (dh, dw) = (o.dilation[0], o.dilation[1]);
+    let (ph, pw) = (o.padding[0].0 as isize, o.padding[1].0 as isize);
+    let channel = |(ci, plane): (usize, &mut [f32])| {
+        for tap in 0..taps {
+            let (i, j) = (tap / s.kw, tap % s.kw);
+            let src_rows = &dpatches[(ci * taps + tap) * tile..(ci * taps + tap + 1) * tile];
+            for (r, src) in src_rows.chunks(s.ow).enumerate() {
+                let ih = ((r0 + r) * sh + i * dh) as isize - ph;
+                if ih < 0 || ih >= s.h as isize {
+                    continue;
+                }
+                let dst = &mut plane[ih as usize * s.w..(ih as usize + 1) * s.w];
+                let off = (j * dw) as isize - pw;
+                if sw == 1 {
+                    let lo = (-off).clamp(0, s.ow as isize) as usize;
+                    let hi = (s.w as isize - off).clamp(lo as isize, s.ow as isize) as usize;
+                    if hi > lo {
+                        let start = (lo as isize + off) as usize;
+                        let dst = &mut dst[start..start + (hi - lo)];
+                        for (d, v) in dst.iter_mut().zip(&src[lo..hi]) {
+                            *d += v;
+                        }
+                    }
+                } else {
+                    for (c, v) in src.iter().enumerate() {
+                        let iw = (c * sw) as isize + off;
+                        if iw >= 0 && iw < s.w as isize {
+                            dst[iw as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let planes = dxb.chunks_mut(s.h * s.w).enumerate();
+    if parallel {
+        dxb.par_chunks_mut(s.h * s.w).enumerate().for_each(channel);
+    } else {
+        planes.for_each(channel);
+    }
 }
 
 /// `dW[co, ci, kh, kw]` for contiguous NCHW `x` and `g` (groups = 1).
@@ -251,7 +499,7 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
             let nr = rows.min(s.oh - r0);
             let tile = nr * s.ow;
             let patches = &mut patches[..k * tile];
-            fill_patches(patches, xb, s, o, r0, nr);
+            fill_patches(patches, xb, s, o, r0, nr, true);
             // dW[co, k] (+)= G_b[co, tile] . patches[k, tile]^T
             let parallelism = if s.c_out * k * tile >= 1 << 21 {
                 gemm::Parallelism::Rayon(0)
@@ -299,49 +547,52 @@ fn fill_patches(
     o: &ConvOptions<2>,
     r0: usize,
     nr: usize,
+    parallel: bool,
 ) {
     let tile = nr * s.ow;
     let (sh, sw) = (o.stride[0], o.stride[1]);
     let (dh, dw) = (o.dilation[0], o.dilation[1]);
     let (ph, pw) = (o.padding[0].0 as isize, o.padding[1].0 as isize);
-    patches
-        .par_chunks_mut(tile)
-        .enumerate()
-        .for_each(|(row, dst)| {
-            let ci = row / (s.kh * s.kw);
-            let (i, j) = ((row / s.kw) % s.kh, row % s.kw);
-            let plane = &xb[ci * s.h * s.w..(ci + 1) * s.h * s.w];
-            for (r, out) in dst.chunks_mut(s.ow).enumerate() {
-                let ih = ((r0 + r) * sh + i * dh) as isize - ph;
-                if ih < 0 || ih >= s.h as isize {
-                    out.fill(0.0);
-                    continue;
+    let row = |(row, dst): (usize, &mut [f32])| {
+        let ci = row / (s.kh * s.kw);
+        let (i, j) = ((row / s.kw) % s.kh, row % s.kw);
+        let plane = &xb[ci * s.h * s.w..(ci + 1) * s.h * s.w];
+        for (r, out) in dst.chunks_mut(s.ow).enumerate() {
+            let ih = ((r0 + r) * sh + i * dh) as isize - ph;
+            if ih < 0 || ih >= s.h as isize {
+                out.fill(0.0);
+                continue;
+            }
+            let src = &plane[ih as usize * s.w..(ih as usize + 1) * s.w];
+            let off = (j * dw) as isize - pw;
+            if sw == 1 {
+                // One contiguous run of the input row, zeros either side (memcpy/memset,
+                // fast in the unoptimised test build too).
+                let lo = (-off).clamp(0, s.ow as isize) as usize;
+                let hi = (s.w as isize - off).clamp(lo as isize, s.ow as isize) as usize;
+                out[..lo].fill(0.0);
+                if hi > lo {
+                    let start = (lo as isize + off) as usize;
+                    out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                 }
-                let src = &plane[ih as usize * s.w..(ih as usize + 1) * s.w];
-                let off = (j * dw) as isize - pw;
-                if sw == 1 {
-                    // One contiguous run of the input row, zeros either side (memcpy/memset,
-                    // fast in the unoptimised test build too).
-                    let lo = (-off).clamp(0, s.ow as isize) as usize;
-                    let hi = (s.w as isize - off).clamp(lo as isize, s.ow as isize) as usize;
-                    out[..lo].fill(0.0);
-                    if hi > lo {
-                        let start = (lo as isize + off) as usize;
-                        out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
-                    }
-                    out[hi..].fill(0.0);
-                } else {
-                    for (c, v) in out.iter_mut().enumerate() {
-                        let iw = (c * sw) as isize + off;
-                        *v = if iw < 0 || iw >= s.w as isize {
-                            0.0
-                        } else {
-                            src[iw as usize]
-                        };
-                    }
+                out[hi..].fill(0.0);
+            } else {
+                for (c, v) in out.iter_mut().enumerate() {
+                    let iw = (c * sw) as isize + off;
+                    *v = if iw < 0 || iw >= s.w as isize {
+                        0.0
+                    } else {
+                        src[iw as usize]
+                    };
                 }
             }
-        });
+        }
+    };
+    if parallel {
+        patches.par_chunks_mut(tile).enumerate().for_each(row);
+    } else {
+        patches.chunks_mut(tile).enumerate().for_each(row);
+    }
 }
 
 #[cfg(test)]
@@ -350,12 +601,18 @@ mod tests {
     use burn::tensor::module::conv2d as reference;
     use burn::tensor::{Device, Distribution};
 
-    /// Weight, input and bias gradients of our conv against burn's, for the kernel shapes,
-    /// strides, paddings and dilations the models use (and an asymmetric padding).
+    /// Output, weight, input and bias gradients of our conv against burn's, for the kernel
+    /// shapes, strides, paddings and dilations the models use (and an asymmetric padding), on
+    /// both paths (batch elements in turn, and in parallel for batch >= threads).
     #[test]
     fn gradients_match_burn_conv2d() {
         let device = Device::flex().autodiff();
-        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 5] = [
+        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 6] = [
+            (
+                [5, 3, 6, 5],
+                [4, 3, 3, 3],
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
             (
                 [2, 3, 9, 7],
                 [4, 3, 3, 3],
@@ -382,7 +639,11 @@ mod tests {
                 ConvOptions::new_with_padding([2, 2], [(1, 2), (1, 2)], [1, 1], 1),
             ),
         ];
-        let before = GEMM_WEIGHT_GRADS.load(Ordering::Relaxed);
+        let counts = || {
+            [&GEMM_FORWARDS, &GEMM_INPUT_GRADS, &GEMM_WEIGHT_GRADS]
+                .map(|c| c.load(Ordering::Relaxed))
+        };
+        let before = counts();
         let n = cases.len();
         for (xs, ws, options) in cases {
             let x0 = Tensor::<4>::random(xs, Distribution::Normal(0.0, 1.0), &device);
@@ -420,14 +681,17 @@ mod tests {
                     );
                 }
             };
-            assert_eq!(ours.0, theirs.0, "forward differs for {xs:?} {ws:?}");
+            close(&ours.0, &theirs.0, "output");
             close(&ours.1, &theirs.1, "input gradient");
             close(&ours.2, &theirs.2, "weight gradient");
             close(&ours.3, &theirs.3, "bias gradient");
         }
-        assert!(
-            GEMM_WEIGHT_GRADS.load(Ordering::Relaxed) - before >= n,
-            "the weight gradients did not come from our kernel"
-        );
+        let after = counts();
+        for (what, (a, b)) in ["forward", "input gradient", "weight gradient"]
+            .iter()
+            .zip(after.iter().zip(before))
+        {
+            assert!(a - b >= n, "the {what}s did not come from our kernels");
+        }
     }
 }

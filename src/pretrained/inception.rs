@@ -18,7 +18,7 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, conv2d, interpolate, max_pool2d};
+use burn::tensor::module::{avg_pool2d, interpolate, max_pool2d};
 use burn::tensor::ops::{
     AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
 };
@@ -28,6 +28,7 @@ use std::path::Path;
 
 use super::weights::WeightFile;
 use crate::eval::host_f32;
+use crate::kernels;
 
 /// The script that makes the default weights file.
 pub const FETCH_SCRIPT: &str = "scripts/fetch-inception.sh";
@@ -126,7 +127,7 @@ impl ConvBn {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(conv2d(
+        relu(kernels::conv2d_with(
             x,
             self.weight.clone(),
             Some(self.bias.clone()),
@@ -587,6 +588,7 @@ pub fn resize_299(x: Tensor<4>) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::module::conv2d;
     use std::collections::BTreeMap;
 
     #[test]

@@ -6,12 +6,13 @@
 
 use anyhow::Result;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{adaptive_avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::module::{adaptive_avg_pool2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::collections::BTreeMap;
 
 use super::weights::WeightFile;
+use crate::kernels;
 
 /// Output channels of the 13 convs; `None` marks a max-pool.
 const LAYOUT: [Option<usize>; 18] = [
@@ -209,7 +210,12 @@ impl Vgg16 {
             match layer {
                 Some(_) => {
                     let (w, b) = &self.convs[conv_k];
-                    h = relu(conv2d(h, w.clone(), Some(b.clone()), opts.clone()));
+                    h = relu(kernels::conv2d_with(
+                        h,
+                        w.clone(),
+                        Some(b.clone()),
+                        opts.clone(),
+                    ));
                     if TAP_AFTER_CONV.contains(&conv_k) && taps.len() <= deepest {
                         taps.push(h.clone());
                     }
