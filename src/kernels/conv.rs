@@ -338,6 +338,9 @@ fn per_batch(out: &mut [f32], chunk: usize, parallel: bool, f: impl Fn(usize, &m
 /// and tile of output rows, `Y_b[co, tile] = W[co, (ci, kh, kw)] . patches[(ci, kh, kw), tile]`,
 /// written straight into the NCHW output.
 fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    if images_per_group(s) > 1 {
+        return forward_grouped(x, w, s, o);
+    }
     let k = s.c_in * s.kh * s.kw;
     let p = s.oh * s.ow;
     let mut y = vec![0.0f32; s.batch * s.c_out * p];
@@ -350,7 +353,7 @@ fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32
             let nr = rows.min(s.oh - r0);
             let tile = nr * s.ow;
             let patches = &mut patches[..k * tile];
-            fill_patches(patches, xb, s, o, r0, nr, !parallel);
+            fill_patches(patches, tile, xb, s, o, r0, nr, !parallel);
             // SAFETY: dst is the [c_out, tile] window of Y_b at column r0 * ow (row stride p),
             // lhs is W [c_out, k] row-major, rhs patches [k, tile] row-major.
             unsafe {
@@ -385,6 +388,9 @@ fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32
 /// `dpatches = W^T . G_b[:, tile]`, then each patch entry is added back onto the input pixel
 /// it was read from (col2im), one input channel per task.
 fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    if images_per_group(s) > 1 {
+        return input_grad_grouped(g, w, s, o);
+    }
     let k = s.c_in * s.kh * s.kw;
     let p = s.oh * s.ow;
     let mut dx = vec![0.0f32; s.batch * s.c_in * s.h * s.w];
@@ -422,7 +428,7 @@ fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<
                     gemm_parallelism(s.c_out * k * tile, parallel),
                 );
             }
-            add_patches(dxb, dpatches, s, o, r0, nr, !parallel);
+            add_patches(dxb, dpatches, tile, s, o, r0, nr, !parallel);
         }
     });
     dx
@@ -433,6 +439,7 @@ fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<
 fn add_patches(
     dxb: &mut [f32],
     dpatches: &[f32],
+    ld: usize,
     s: &Shape2d,
     o: &ConvOptions<2>,
     r0: usize,
@@ -447,7 +454,7 @@ fn add_patches(
     let channel = |(ci, plane): (usize, &mut [f32])| {
         for tap in 0..taps {
             let (i, j) = (tap / s.kw, tap % s.kw);
-            let src_rows = &dpatches[(ci * taps + tap) * tile..(ci * taps + tap + 1) * tile];
+            let src_rows = &dpatches[(ci * taps + tap) * ld..][..tile];
             for (r, src) in src_rows.chunks(s.ow).enumerate() {
                 let ih = ((r0 + r) * sh + i * dh) as isize - ph;
                 if ih < 0 || ih >= s.h as isize {
@@ -484,8 +491,214 @@ fn add_patches(
     }
 }
 
+/// Columns a GEMM needs to run near its peak: the output pixels of one image, or of several
+/// when the map is small (a 4x4 map would leave most of each 16-lane vector idle).
+const MIN_COLUMNS: usize = 256;
+
+/// Images per GEMM: 1 for maps of at least [`MIN_COLUMNS`] pixels; otherwise enough images to
+/// reach it, within the batch and the patch budget of [`rows_per_tile`].
+fn images_per_group(s: &Shape2d) -> usize {
+    const TILE_FLOATS: usize = 4 << 20;
+    let p = s.oh * s.ow;
+    let k = s.c_in * s.kh * s.kw;
+    if p >= MIN_COLUMNS {
+        return 1;
+    }
+    MIN_COLUMNS
+        .div_ceil(p.max(1))
+        .min(s.batch)
+        .min(TILE_FLOATS / (k * p).max(1))
+        .max(1)
+}
+
+/// Patches `[k, n * p]` of the `n` images of `x` (their whole maps), image `i` in columns
+/// `i * p..(i + 1) * p`.
+fn group_patches(x: &[f32], n: usize, s: &Shape2d, o: &ConvOptions<2>, parallel: bool) -> Vec<f32> {
+    let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
+    let mut patches = vec![0.0f32; k * n * p];
+    for (i, xb) in x.chunks(plane).take(n).enumerate() {
+        fill_patches(&mut patches[i * p..], n * p, xb, s, o, 0, s.oh, parallel);
+    }
+    patches
+}
+
+/// `[c_out, n * p]` from `n` consecutive NCHW images `[c_out, p]` of `g` (or back with
+/// `to_images`).
+fn regroup(
+    images: &mut [f32],
+    grouped: &mut [f32],
+    n: usize,
+    rows: usize,
+    p: usize,
+    to_images: bool,
+) {
+    for i in 0..n {
+        for r in 0..rows {
+            let image = &mut images[(i * rows + r) * p..][..p];
+            let group = &mut grouped[r * n * p + i * p..][..p];
+            if to_images {
+                image.copy_from_slice(group);
+            } else {
+                group.copy_from_slice(image);
+            }
+        }
+    }
+}
+
+/// `dst = lhs . rhs` (or `+=` with `accumulate`) for row-major operands; `lhs_t` / `rhs_t`
+/// read that operand transposed. `m x n` result, inner size `k`; a serial GEMM when the caller
+/// already runs in parallel (`outer_parallel`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_rm(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_t: bool,
+    rhs: &[f32],
+    rhs_t: bool,
+    outer_parallel: bool,
+) {
+    let (lhs_cs, lhs_rs) = if lhs_t { (m, 1) } else { (1, k) };
+    let (rhs_cs, rhs_rs) = if rhs_t { (k, 1) } else { (1, n) };
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // SAFETY: the lengths are checked above and the strides address exactly those extents.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(m * n * k, outer_parallel),
+        );
+    }
+}
+
+/// Groups of [`images_per_group`] consecutive images: `(first image, count)`, and whether the
+/// groups run in parallel (at least as many groups as threads) or in turn.
+fn groups(s: &Shape2d) -> (Vec<(usize, usize)>, bool) {
+    let per = images_per_group(s);
+    let list: Vec<_> = (0..s.batch)
+        .step_by(per)
+        .map(|b| (b, per.min(s.batch - b)))
+        .collect();
+    let parallel = list.len() >= rayon::current_num_threads();
+    (list, parallel)
+}
+
+/// [`forward_f32`] for small maps: one GEMM per group of images.
+fn forward_grouped(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
+    let mut y = vec![0.0f32; s.batch * s.c_out * p];
+    let (list, parallel) = groups(s);
+    let per = list[0].1;
+    let run = |(b0, n): (usize, usize), yg: &mut [f32]| {
+        let patches = group_patches(&x[b0 * plane..], n, s, o, !parallel);
+        let mut out = vec![0.0f32; s.c_out * n * p];
+        gemm_rm(
+            [s.c_out, n * p, k],
+            &mut out,
+            false,
+            w,
+            false,
+            &patches,
+            false,
+            parallel,
+        );
+        regroup(yg, &mut out, n, s.c_out, p, true);
+    };
+    let chunk = per * s.c_out * p;
+    if parallel {
+        y.par_chunks_mut(chunk)
+            .zip(list.into_par_iter())
+            .for_each(|(yg, g)| run(g, yg));
+    } else {
+        y.chunks_mut(chunk).zip(list).for_each(|(yg, g)| run(g, yg));
+    }
+    y
+}
+
+/// [`input_grad_f32`] for small maps: one GEMM per group of images.
+fn input_grad_grouped(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
+    let mut dx = vec![0.0f32; s.batch * plane];
+    let (list, parallel) = groups(s);
+    let per = list[0].1;
+    let run = |(b0, n): (usize, usize), dxg: &mut [f32]| {
+        let mut gg = vec![0.0f32; s.c_out * n * p];
+        let mut images = g[b0 * s.c_out * p..(b0 + n) * s.c_out * p].to_vec();
+        regroup(&mut images, &mut gg, n, s.c_out, p, false);
+        let mut dpatches = vec![0.0f32; k * n * p];
+        gemm_rm(
+            [k, n * p, s.c_out],
+            &mut dpatches,
+            false,
+            w,
+            true,
+            &gg,
+            false,
+            parallel,
+        );
+        for (i, dxb) in dxg.chunks_mut(plane).enumerate() {
+            add_patches(dxb, &dpatches[i * p..], n * p, s, o, 0, s.oh, !parallel);
+        }
+    };
+    if parallel {
+        dx.par_chunks_mut(per * plane)
+            .zip(list.into_par_iter())
+            .for_each(|(dxg, grp)| run(grp, dxg));
+    } else {
+        dx.chunks_mut(per * plane)
+            .zip(list)
+            .for_each(|(dxg, grp)| run(grp, dxg));
+    }
+    dx
+}
+
+/// [`weight_grad_f32`] for small maps: one GEMM per group of images, accumulated in turn.
+fn weight_grad_grouped(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
+    let mut dw = vec![0.0f32; s.c_out * k];
+    let (list, _) = groups(s);
+    for (i, (b0, n)) in list.into_iter().enumerate() {
+        let patches = group_patches(&x[b0 * plane..], n, s, o, true);
+        let mut gg = vec![0.0f32; s.c_out * n * p];
+        let mut images = g[b0 * s.c_out * p..(b0 + n) * s.c_out * p].to_vec();
+        regroup(&mut images, &mut gg, n, s.c_out, p, false);
+        // dW[co, k] (+)= G[co, n p] . patches[k, n p]^T
+        gemm_rm(
+            [s.c_out, k, n * p],
+            &mut dw,
+            i > 0,
+            &gg,
+            false,
+            &patches,
+            true,
+            false,
+        );
+    }
+    dw
+}
+
 /// `dW[co, ci, kh, kw]` for contiguous NCHW `x` and `g` (groups = 1).
 fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    if images_per_group(s) > 1 {
+        return weight_grad_grouped(x, g, s, o);
+    }
     let k = s.c_in * s.kh * s.kw;
     let p = s.oh * s.ow;
     let mut dw = vec![0.0f32; s.c_out * k];
@@ -499,7 +712,7 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
             let nr = rows.min(s.oh - r0);
             let tile = nr * s.ow;
             let patches = &mut patches[..k * tile];
-            fill_patches(patches, xb, s, o, r0, nr, true);
+            fill_patches(patches, tile, xb, s, o, r0, nr, true);
             // dW[co, k] (+)= G_b[co, tile] . patches[k, tile]^T
             let parallelism = if s.c_out * k * tile >= 1 << 21 {
                 gemm::Parallelism::Rayon(0)
@@ -538,10 +751,12 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
     dw
 }
 
-/// Patches of output rows `r0..r0 + nr`: row `(ci, i, j)` holds, for each output position of
-/// the tile, the input pixel under kernel tap `(i, j)` of channel `ci` (0 in the padding).
+/// Patches of output rows `r0..r0 + nr`: row `(ci, i, j)` (at `ld` floats from the previous
+/// one) holds, for each output position of the tile, the input pixel under kernel tap `(i, j)`
+/// of channel `ci` (0 in the padding).
 fn fill_patches(
     patches: &mut [f32],
+    ld: usize,
     xb: &[f32],
     s: &Shape2d,
     o: &ConvOptions<2>,
@@ -554,6 +769,7 @@ fn fill_patches(
     let (dh, dw) = (o.dilation[0], o.dilation[1]);
     let (ph, pw) = (o.padding[0].0 as isize, o.padding[1].0 as isize);
     let row = |(row, dst): (usize, &mut [f32])| {
+        let dst = &mut dst[..tile];
         let ci = row / (s.kh * s.kw);
         let (i, j) = ((row / s.kw) % s.kh, row % s.kw);
         let plane = &xb[ci * s.h * s.w..(ci + 1) * s.h * s.w];
@@ -589,9 +805,9 @@ fn fill_patches(
         }
     };
     if parallel {
-        patches.par_chunks_mut(tile).enumerate().for_each(row);
+        patches.par_chunks_mut(ld).enumerate().for_each(row);
     } else {
-        patches.chunks_mut(tile).enumerate().for_each(row);
+        patches.chunks_mut(ld).enumerate().for_each(row);
     }
 }
 
@@ -603,14 +819,32 @@ mod tests {
 
     /// Output, weight, input and bias gradients of our conv against burn's, for the kernel
     /// shapes, strides, paddings and dilations the models use (and an asymmetric padding), on
-    /// both paths (batch elements in turn, and in parallel for batch >= threads).
+    /// every path: one GEMM per image or per group of images (small maps), batch elements or
+    /// groups in turn or in parallel.
     #[test]
     fn gradients_match_burn_conv2d() {
         let device = Device::flex().autodiff();
-        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 6] = [
+        // The first two have maps of >= 256 pixels (one GEMM per image), the others small maps
+        // (one GEMM per group of images).
+        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 9] = [
+            (
+                [1, 3, 17, 16],
+                [4, 3, 3, 3],
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
+            (
+                [3, 2, 33, 20],
+                [3, 2, 3, 3],
+                ConvOptions::new([2, 1], [1, 1], [1, 1], 1),
+            ),
             (
                 [5, 3, 6, 5],
                 [4, 3, 3, 3],
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
+            (
+                [20, 2, 6, 5],
+                [3, 2, 3, 3],
                 ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
             ),
             (
