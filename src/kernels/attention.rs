@@ -3,11 +3,11 @@
 //! burn's autodiff backend has no attention op of its own: it runs burn-backend's
 //! `attention_fallback`, about fifteen tensor ops (matmul, scale, causal mask, the NaN-safe
 //! softmax's max/clamp/sub/exp/sum/clamp/div, matmul), each a node of the graph with its own
-//! saved tensors and its own backward. Here attention is one node: the forward is burn-flex's
-//! fused attention (the kernel it already uses without autodiff), and the backward is one pass
-//! per (batch, head) that recomputes the probabilities from `q` and `k` (as flash attention
-//! does, so nothing of size `L x L` is kept between forward and backward) and runs the four
-//! small GEMMs of the gradient in a per-thread scratch:
+//! saved tensors and its own backward. Here attention is one node, computed per (batch, head)
+//! in a per-thread scratch: the forward is two small GEMMs around a vectorised softmax, and the
+//! backward recomputes the probabilities from `q` and `k` (as flash attention does, so nothing
+//! of size `L x L` is kept between forward and backward) and runs the four GEMMs of the
+//! gradient:
 //!
 //! `P = softmax(s q k^T)`, `dV = P^T dO`, `dP = dO V^T`, `dS = P (dP - rowsum(P dP))`,
 //! `dQ = s dS K`, `dK = s dS^T Q` (s = 1/sqrt(dh); causal: key j > query i is masked).
@@ -31,6 +31,7 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::on_cpu;
+use super::simd::softmax_rows;
 
 /// Attention ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -66,7 +67,17 @@ fn options(causal: bool) -> AttentionModuleOptions {
 
 impl AttentionKernels for Flex {
     fn sdpa(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
-        Flex::attention(q, k, v, None, None, options(causal))
+        if [&q, &k, &v].iter().any(|t| t.dtype() != DType::F32) {
+            return Flex::attention(q, k, v, None, None, options(causal));
+        }
+        let (q, k, v) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
+        let s = Sizes::of(&q, &k, causal);
+        let out = forward_f32(slice(&q), slice(&k), slice(&v), &s);
+        FlexTensor::new(
+            Bytes::from_elems(out),
+            Layout::contiguous(q.shape()),
+            DType::F32,
+        )
     }
 
     fn sdpa_backward(
@@ -86,17 +97,8 @@ impl AttentionKernels for Flex {
             t.to_contiguous()
         };
         let (q, k, v, grad) = (f32s(q), f32s(k), f32s(v), f32s(grad));
-        let [b, h, lq, dh] = q.shape().dims::<4>();
-        let lk = k.shape().dims::<4>()[2];
-        let s = Sizes {
-            pairs: b * h,
-            lq,
-            lk,
-            dh,
-            causal,
-        };
-        let slice = |t: &FlexTensor| t.as_slice::<f32>().expect("contiguous f32").to_vec();
-        let (dq, dk, dv) = backward_f32(&slice(&q), &slice(&k), &slice(&v), &slice(&grad), &s);
+        let s = Sizes::of(&q, &k, causal);
+        let (dq, dk, dv) = backward_f32(slice(&q), slice(&k), slice(&v), slice(&grad), &s);
         FUSED_BACKWARDS.fetch_add(1, Ordering::Relaxed);
         let wrap = |data: Vec<f32>, like: &FlexTensor| {
             let t = FlexTensor::new(
@@ -186,7 +188,7 @@ impl<B: AttentionKernels, C: CheckpointStrategy> AttentionKernels for Autodiff<B
 
 /// `softmax(q k^T / sqrt(dh)) v` over `[B, H, L, dh]`, `causal` or not, differentiable as one
 /// op on the CPU device (see the module doc); burn's `attention` elsewhere. Same values as
-/// burn's attention (the forward is burn-flex's kernel; the gradients to float rounding).
+/// burn's attention to float rounding.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
     if !on_cpu(&q.device()) {
         return burn_attention(q, k, v, None, None, options(causal));
@@ -199,13 +201,49 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tens
     ))
 }
 
-/// Sizes of one backward problem: `pairs` = batch x heads independent attentions.
+/// Sizes of one attention problem: `pairs` = batch x heads independent attentions.
 struct Sizes {
     pairs: usize,
     lq: usize,
     lk: usize,
     dh: usize,
     causal: bool,
+}
+
+impl Sizes {
+    fn of(q: &FlexTensor, k: &FlexTensor, causal: bool) -> Self {
+        let [b, h, lq, dh] = q.shape().dims::<4>();
+        Self {
+            pairs: b * h,
+            lq,
+            lk: k.shape().dims::<4>()[2],
+            dh,
+            causal,
+        }
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
+/// `softmax(s q k^T) v` for contiguous `[pairs, L, dh]` `q`, `k`, `v`: per pair, the scores
+/// in a per-thread scratch, one GEMM each side of a vectorised softmax.
+fn forward_f32(q: &[f32], k: &[f32], v: &[f32], s: &Sizes) -> Vec<f32> {
+    let (lq, lk, dh) = (s.lq, s.lk, s.dh);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut out = vec![0.0f32; s.pairs * lq * dh];
+    out.par_chunks_mut(lq * dh).enumerate().for_each_init(
+        || vec![0.0f32; lq * lk],
+        |p, (i, o)| {
+            let qi = &q[i * lq * dh..][..lq * dh];
+            let (ki, vi) = (&k[i * lk * dh..][..lk * dh], &v[i * lk * dh..][..lk * dh]);
+            gemm_into([lq, lk, dh], p, qi, false, ki, true, scale);
+            softmax_rows(p, lk, s.causal);
+            gemm_into([lq, dh, lk], o, p, false, vi, false, 1.0);
+        },
+    );
+    out
 }
 
 /// `dst = beta * lhs . rhs` (or `dst += ...` with `accumulate`), all row-major with the given
@@ -288,23 +326,6 @@ fn backward_f32(
             },
         );
     (dq, dk, dv)
-}
-
-/// Row-wise softmax of `[rows, cols]` scores in place; `causal` zeroes column `j > row`.
-fn softmax_rows(p: &mut [f32], cols: usize, causal: bool) {
-    for (i, row) in p.chunks_mut(cols).enumerate() {
-        let valid = if causal { (i + 1).min(cols) } else { cols };
-        let (live, masked) = row.split_at_mut(valid);
-        masked.fill(0.0);
-        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0f32;
-        for x in live.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        live.iter_mut().for_each(|x| *x *= inv);
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod gelu;
+mod simd;
 
 use burn::backend::DispatchDevice;
 use burn::tensor::Device;
