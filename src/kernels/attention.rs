@@ -30,8 +30,8 @@ use burn::tensor::{FloatDType, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::on_cpu;
 use super::simd::softmax_rows;
+use super::{gemm_rm, on_cpu};
 
 /// Attention ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -201,6 +201,9 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tens
     ))
 }
 
+/// Each head's GEMMs are serial: the heads run in parallel.
+const SERIAL: gemm::Parallelism = gemm::Parallelism::None;
+
 /// Sizes of one attention problem: `pairs` = batch x heads independent attentions.
 struct Sizes {
     pairs: usize,
@@ -238,55 +241,12 @@ fn forward_f32(q: &[f32], k: &[f32], v: &[f32], s: &Sizes) -> Vec<f32> {
         |p, (i, o)| {
             let qi = &q[i * lq * dh..][..lq * dh];
             let (ki, vi) = (&k[i * lk * dh..][..lk * dh], &v[i * lk * dh..][..lk * dh]);
-            gemm_into([lq, lk, dh], p, qi, false, ki, true, scale);
+            gemm_rm([lq, lk, dh], p, false, qi, false, ki, true, scale, SERIAL);
             softmax_rows(p, lk, s.causal);
-            gemm_into([lq, dh, lk], o, p, false, vi, false, 1.0);
+            gemm_rm([lq, dh, lk], o, false, p, false, vi, false, 1.0, SERIAL);
         },
     );
     out
-}
-
-/// `dst = beta * lhs . rhs` (or `dst += ...` with `accumulate`), all row-major with the given
-/// row strides; `lhs_t` / `rhs_t` read that operand transposed. `m x n` result, inner size `k`.
-#[allow(clippy::too_many_arguments)]
-fn gemm_into(
-    [m, n, k]: [usize; 3],
-    dst: &mut [f32],
-    lhs: &[f32],
-    lhs_t: bool,
-    rhs: &[f32],
-    rhs_t: bool,
-    beta: f32,
-) {
-    // Row-major strides of each stored operand: lhs is [m, k] (or [k, m] read transposed),
-    // rhs [k, n] (or [n, k] read transposed).
-    let (lhs_cs, lhs_rs) = if lhs_t { (m, 1) } else { (1, k) };
-    let (rhs_cs, rhs_rs) = if rhs_t { (k, 1) } else { (1, n) };
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // SAFETY: the lengths are checked above and the strides address exactly those extents.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// `(dq, dk, dv)` for contiguous `[pairs, L, dh]` `q`, `k`, `v` and output gradient `g`.
@@ -311,18 +271,18 @@ fn backward_f32(
             |(p, dp), (i, ((dq, dk), dv))| {
                 let (qi, gi) = (&q[i * lq * dh..][..lq * dh], &g[i * lq * dh..][..lq * dh]);
                 let (ki, vi) = (&k[i * lk * dh..][..lk * dh], &v[i * lk * dh..][..lk * dh]);
-                gemm_into([lq, lk, dh], p, qi, false, ki, true, scale);
+                gemm_rm([lq, lk, dh], p, false, qi, false, ki, true, scale, SERIAL);
                 softmax_rows(p, lk, s.causal);
-                gemm_into([lk, dh, lq], dv, p, true, gi, false, 1.0);
-                gemm_into([lq, lk, dh], dp, gi, false, vi, true, 1.0);
+                gemm_rm([lk, dh, lq], dv, false, p, true, gi, false, 1.0, SERIAL);
+                gemm_rm([lq, lk, dh], dp, false, gi, false, vi, true, 1.0, SERIAL);
                 for (prow, dprow) in p.chunks(lk).zip(dp.chunks_mut(lk)) {
                     let delta: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
                     for (d, &pv) in dprow.iter_mut().zip(prow) {
                         *d = pv * (*d - delta);
                     }
                 }
-                gemm_into([lq, dh, lk], dq, dp, false, ki, false, scale);
-                gemm_into([lk, dh, lq], dk, dp, true, qi, false, scale);
+                gemm_rm([lq, dh, lk], dq, false, dp, false, ki, false, scale, SERIAL);
+                gemm_rm([lk, dh, lq], dk, false, dp, true, qi, false, scale, SERIAL);
             },
         );
     (dq, dk, dv)

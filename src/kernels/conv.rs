@@ -36,7 +36,7 @@ use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::on_cpu;
+use super::{gemm_rm, on_cpu};
 
 /// Convolution ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -545,49 +545,6 @@ fn regroup(
     }
 }
 
-/// `dst = lhs . rhs` (or `+=` with `accumulate`) for row-major operands; `lhs_t` / `rhs_t`
-/// read that operand transposed. `m x n` result, inner size `k`; a serial GEMM when the caller
-/// already runs in parallel (`outer_parallel`).
-#[allow(clippy::too_many_arguments)]
-fn gemm_rm(
-    [m, n, k]: [usize; 3],
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_t: bool,
-    rhs: &[f32],
-    rhs_t: bool,
-    outer_parallel: bool,
-) {
-    let (lhs_cs, lhs_rs) = if lhs_t { (m, 1) } else { (1, k) };
-    let (rhs_cs, rhs_rs) = if rhs_t { (k, 1) } else { (1, n) };
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // SAFETY: the lengths are checked above and the strides address exactly those extents.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm_parallelism(m * n * k, outer_parallel),
-        );
-    }
-}
-
 /// Groups of [`images_per_group`] consecutive images: `(first image, count)`, and whether the
 /// groups run in parallel (at least as many groups as threads) or in turn.
 fn groups(s: &Shape2d) -> (Vec<(usize, usize)>, bool) {
@@ -617,7 +574,8 @@ fn forward_grouped(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
             false,
             &patches,
             false,
-            parallel,
+            1.0,
+            gemm_parallelism(s.c_out * n * p * k, parallel),
         );
         regroup(yg, &mut out, n, s.c_out, p, true);
     };
@@ -651,7 +609,8 @@ fn input_grad_grouped(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> 
             true,
             &gg,
             false,
-            parallel,
+            1.0,
+            gemm_parallelism(k * n * p * s.c_out, parallel),
         );
         for (i, dxb) in dxg.chunks_mut(plane).enumerate() {
             add_patches(dxb, &dpatches[i * p..], n * p, s, o, 0, s.oh, !parallel);
@@ -688,7 +647,8 @@ fn weight_grad_grouped(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) ->
             false,
             &patches,
             true,
-            false,
+            1.0,
+            gemm_parallelism(s.c_out * k * n * p, false),
         );
     }
     dw
