@@ -338,9 +338,8 @@ fn per_batch(out: &mut [f32], chunk: usize, parallel: bool, f: impl Fn(usize, &m
 /// and tile of output rows, `Y_b[co, tile] = W[co, (ci, kh, kw)] . patches[(ci, kh, kw), tile]`,
 /// written straight into the NCHW output.
 fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    if images_per_group(s) > 1 {
-        return forward_grouped(x, w, s, o);
-    }
+    // No grouping of images here (see `forward_grouped`'s doc): the forward of an image is the
+    // same bits whatever else is in its batch.
     let k = s.c_in * s.kh * s.kw;
     let p = s.oh * s.ow;
     let mut y = vec![0.0f32; s.batch * s.c_out * p];
@@ -493,6 +492,13 @@ fn add_patches(
 
 /// Columns a GEMM needs to run near its peak: the output pixels of one image, or of several
 /// when the map is small (a 4x4 map would leave most of each 16-lane vector idle).
+///
+/// Only the gradients group images. The forward does not: the `gemm` crate picks its blocking
+/// (hence the order of each sum) from the problem's shape, so a group's size, which depends on
+/// the batch, would change the rounding of every output, and the tokenizer's nearest-code
+/// assignment turns rounding into different codes. Kept per image, a batch split across data-
+/// parallel replicas computes the same forward bits as one device (`tests/data_parallel.rs`);
+/// a gradient's rounding varies with the split as any sum over the batch does.
 const MIN_COLUMNS: usize = 256;
 
 /// Images per GEMM: 1 for maps of at least [`MIN_COLUMNS`] pixels; otherwise enough images to
@@ -555,39 +561,6 @@ fn groups(s: &Shape2d) -> (Vec<(usize, usize)>, bool) {
         .collect();
     let parallel = list.len() >= rayon::current_num_threads();
     (list, parallel)
-}
-
-/// [`forward_f32`] for small maps: one GEMM per group of images.
-fn forward_grouped(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
-    let mut y = vec![0.0f32; s.batch * s.c_out * p];
-    let (list, parallel) = groups(s);
-    let per = list[0].1;
-    let run = |(b0, n): (usize, usize), yg: &mut [f32]| {
-        let patches = group_patches(&x[b0 * plane..], n, s, o, !parallel);
-        let mut out = vec![0.0f32; s.c_out * n * p];
-        gemm_rm(
-            [s.c_out, n * p, k],
-            &mut out,
-            false,
-            w,
-            false,
-            &patches,
-            false,
-            1.0,
-            gemm_parallelism(s.c_out * n * p * k, parallel),
-        );
-        regroup(yg, &mut out, n, s.c_out, p, true);
-    };
-    let chunk = per * s.c_out * p;
-    if parallel {
-        y.par_chunks_mut(chunk)
-            .zip(list.into_par_iter())
-            .for_each(|(yg, g)| run(g, yg));
-    } else {
-        y.chunks_mut(chunk).zip(list).for_each(|(yg, g)| run(g, yg));
-    }
-    y
 }
 
 /// [`input_grad_f32`] for small maps: one GEMM per group of images.
