@@ -435,6 +435,7 @@ fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<
 
 /// The adjoint of [`fill_patches`]: adds each patch entry onto the input pixel it was read
 /// from (padding entries are dropped). Input channels are independent, so they run in parallel.
+#[allow(clippy::too_many_arguments)]
 fn add_patches(
     dxb: &mut [f32],
     dpatches: &[f32],
@@ -687,6 +688,7 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
 /// Patches of output rows `r0..r0 + nr`: row `(ci, i, j)` (at `ld` floats from the previous
 /// one) holds, for each output position of the tile, the input pixel under kernel tap `(i, j)`
 /// of channel `ci` (0 in the padding).
+#[allow(clippy::too_many_arguments)]
 fn fill_patches(
     patches: &mut [f32],
     ld: usize,
