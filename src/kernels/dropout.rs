@@ -25,6 +25,7 @@ use burn::tensor::{Distribution, FloatDType, Int, Tensor};
 use rayon::prelude::*;
 
 use super::on_cpu;
+use super::simd::simd_dispatch;
 
 /// Dropout ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -159,19 +160,8 @@ fn apply_generic(x: &[f32], out: &mut [f32], key: u64, start: u64, threshold: u3
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn apply_avx2(x: &[f32], out: &mut [f32], key: u64, start: u64, threshold: u32, scale: f32) {
-    apply_generic(x, out, key, start, threshold, scale)
-}
-
-fn apply_slice(x: &[f32], out: &mut [f32], key: u64, start: u64, threshold: u32, scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked at run time).
-        return unsafe { apply_avx2(x, out, key, start, threshold, scale) };
-    }
-    apply_generic(x, out, key, start, threshold, scale)
+simd_dispatch! {
+    fn apply_slice(x: &[f32], out: &mut [f32], key: u64, start: u64, threshold: u32, scale: f32) => apply_generic
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! burn-flex evaluates GELU and its derivative one element at a time through libm's `erff`
 //! and `expf`, calls the compiler cannot vectorise (measured: ~9% of a `tiny` MaskGIT training
 //! step in `erff` alone). Here both run on whole slices with branch-free formulas that the
-//! compiler vectorises (AVX2+FMA chosen at run time where the CPU has them):
+//! compiler vectorises (AVX-512 or AVX2+FMA chosen at run time):
 //! - `erf(x) = x P(x^2) / Q(x^2)` on `x` clamped to [-4, 4] (outside, erf is +-1 in f32), the
 //!   rational approximation of degree 13/8 used by Eigen and XLA for float erf; its
 //!   coefficients are published constants. Max abs error 6.5e-8 in exact arithmetic, 1e-7
@@ -26,7 +26,7 @@ use burn::tensor::activation::gelu as burn_gelu;
 use rayon::prelude::*;
 
 use super::on_cpu;
-use super::simd::{exp, has_avx2};
+use super::simd::{exp, simd_dispatch};
 
 /// GELU ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -188,34 +188,12 @@ fn backward_generic(x: &[f32], g: &[f32], out: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn forward_avx2(x: &[f32], out: &mut [f32]) {
-    forward_generic(x, out)
+simd_dispatch! {
+    fn forward_slice(x: &[f32], out: &mut [f32]) => forward_generic
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn backward_avx2(x: &[f32], g: &[f32], out: &mut [f32]) {
-    backward_generic(x, g, out)
-}
-
-fn forward_slice(x: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        return unsafe { forward_avx2(x, out) };
-    }
-    forward_generic(x, out)
-}
-
-fn backward_slice(x: &[f32], g: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        return unsafe { backward_avx2(x, g, out) };
-    }
-    backward_generic(x, g, out)
+simd_dispatch! {
+    fn backward_slice(x: &[f32], g: &[f32], out: &mut [f32]) => backward_generic
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Elementwise math shared by the CPU kernels, written branch-free so that the compiler
-//! vectorises it, with AVX2+FMA variants chosen at run time where the CPU has them.
+//! vectorises it, with AVX-512 and AVX2+FMA variants chosen at run time (`simd_dispatch!`).
 
-/// Whether the CPU has AVX2 and FMA (x86-64), for the `*_avx2` variants.
+/// Whether the CPU has AVX2 and FMA (x86-64).
 pub(super) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -12,6 +12,54 @@ pub(super) fn has_avx2() -> bool {
         false
     }
 }
+
+/// Whether the CPU has AVX-512 (F, BW, DQ, VL) besides AVX2 and FMA (x86-64).
+pub(super) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `fn $name(args)` running `$generic(args)` compiled for the widest vector unit the CPU has
+/// (AVX-512, else AVX2+FMA, chosen at run time; the plain build elsewhere). `$generic` must be
+/// `#[inline(always)]` so that it is compiled inside each variant.
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $generic:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                fn wide($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn narrow($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                if $crate::kernels::simd::has_avx512() {
+                    // SAFETY: the CPU has these features (checked at run time).
+                    return unsafe { wide($($arg),*) };
+                }
+                if $crate::kernels::simd::has_avx2() {
+                    // SAFETY: the CPU has these features (checked at run time).
+                    return unsafe { narrow($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+pub(super) use simd_dispatch;
 
 /// `exp(x)` for f32 (relative error ~1e-7; underflows to ~1e-38 below -87, so `exp(-inf)` is
 /// not 0: callers mask such entries themselves), branch-free: Cody-Waite reduction by ln 2 and
@@ -38,35 +86,46 @@ pub(super) fn exp(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
+/// Lanes of the reductions below: independent partial results the compiler keeps in one
+/// vector register each, instead of one chain of dependent scalar operations per row.
+const LANES: usize = 16;
+
+/// `(max, sum)`-style reduction of `x` with `op` over [`LANES`] independent accumulators.
+#[inline(always)]
+fn reduce(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = op(*a, v);
+        }
+    }
+    let mut r = tail.iter().fold(init, |a, &v| op(a, v));
+    for a in acc {
+        r = op(r, a);
+    }
+    r
+}
+
 #[inline(always)]
 fn softmax_generic(p: &mut [f32], cols: usize, causal: bool) {
     for (i, row) in p.chunks_mut(cols).enumerate() {
         let valid = if causal { (i + 1).min(cols) } else { cols };
         let (live, masked) = row.split_at_mut(valid);
         masked.fill(0.0);
-        let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = reduce(live, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
         for x in live.iter_mut() {
             *x = exp(*x - max);
         }
-        let inv = 1.0 / live.iter().sum::<f32>();
+        let inv = 1.0 / reduce(live, 0.0, |a, b| a + b);
         live.iter_mut().for_each(|x| *x *= inv);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_avx2(p: &mut [f32], cols: usize, causal: bool) {
-    softmax_generic(p, cols, causal)
-}
-
-/// Row-wise softmax of `[rows, cols]` scores in place; `causal` zeroes column `j > row`.
-pub(super) fn softmax_rows(p: &mut [f32], cols: usize, causal: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        return unsafe { softmax_avx2(p, cols, causal) };
-    }
-    softmax_generic(p, cols, causal)
+simd_dispatch! {
+    /// Row-wise softmax of `[rows, cols]` scores in place; `causal` zeroes column `j > row`.
+    pub(super) fn softmax_rows(p: &mut [f32], cols: usize, causal: bool) => softmax_generic
 }
 
 #[cfg(test)]
@@ -83,6 +142,28 @@ mod tests {
             worst = worst.max(((exp(x) as f64 - want) / want).abs());
         }
         assert!(worst < 3e-7, "exp max rel error {worst:e}");
+    }
+
+    /// Long rows (several reduction lanes and a tail) against an f64 softmax.
+    #[test]
+    fn softmax_rows_match_f64() {
+        let cols = 37;
+        let mut p: Vec<f32> = (0..3 * cols)
+            .map(|v| ((v * 7919) % 101) as f32 * 0.13 - 6.0)
+            .collect();
+        let raw = p.clone();
+        softmax_rows(&mut p, cols, false);
+        for (row, got) in raw.chunks(cols).zip(p.chunks(cols)) {
+            let max = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for (&v, &g) in row.iter().zip(got) {
+                let want = (v as f64 - max).exp() / sum;
+                assert!(
+                    (g as f64 - want).abs() < 1e-6 * (1.0 + want),
+                    "{g} vs {want}"
+                );
+            }
+        }
     }
 
     /// Rows sum to 1, follow exp ratios, and masked columns are 0.
