@@ -522,7 +522,6 @@ fn bench_attention(
         let flop = 3.0 * 4.0 * (b * h * l * l * dh) as f64;
         for (who, ours) in [("burn", false), ("seqgan", true)] {
             let secs = time(warmup, steps, || {
-                let (q, k, v) = (q.clone(), k.clone(), v.clone());
                 let y = if ours {
                     kernels::attention(q.clone(), k.clone(), v.clone(), false)
                 } else {
@@ -536,9 +535,8 @@ fn bench_attention(
                     )
                 };
                 let grads = (y.clone() * y.detach().cos()).sum().backward();
-                let g = [&q, &k, &v].map(|t| t.grad(&grads).expect("gradient").sum());
-                let [a, b2, c] = g;
-                let _ = (a + b2 + c).into_scalar::<f32>();
+                let [gq, gk, gv] = [&q, &k, &v].map(|t| t.grad(&grads).expect("gradient").sum());
+                let _ = (gq + gk + gv).into_scalar::<f32>();
                 Ok(())
             })?;
             out.push(figure(

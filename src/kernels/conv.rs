@@ -300,9 +300,12 @@ impl Shape2d {
     }
 }
 
-/// Output rows per patch tile: the tile of patches stays under ~16 MiB however large the map.
+/// Floats of one tile of patches (16 MiB).
+const TILE_FLOATS: usize = 4 << 20;
+
+/// Output rows per patch tile: the tile of patches stays under [`TILE_FLOATS`] however large
+/// the map.
 fn rows_per_tile(s: &Shape2d) -> usize {
-    const TILE_FLOATS: usize = 4 << 20;
     let k = s.c_in * s.kh * s.kw;
     (TILE_FLOATS / (k * s.ow).max(1)).clamp(1, s.oh)
 }
@@ -338,8 +341,8 @@ fn per_batch(out: &mut [f32], chunk: usize, parallel: bool, f: impl Fn(usize, &m
 /// and tile of output rows, `Y_b[co, tile] = W[co, (ci, kh, kw)] . patches[(ci, kh, kw), tile]`,
 /// written straight into the NCHW output.
 fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    // No grouping of images here (see `forward_grouped`'s doc): the forward of an image is the
-    // same bits whatever else is in its batch.
+    // No grouping of images here (see [`MIN_COLUMNS`]): the forward of an image is the same
+    // bits whatever else is in its batch.
     let k = s.c_in * s.kh * s.kw;
     let p = s.oh * s.ow;
     let mut y = vec![0.0f32; s.batch * s.c_out * p];
@@ -483,11 +486,10 @@ fn add_patches(
             }
         }
     };
-    let planes = dxb.chunks_mut(s.h * s.w).enumerate();
     if parallel {
         dxb.par_chunks_mut(s.h * s.w).enumerate().for_each(channel);
     } else {
-        planes.for_each(channel);
+        dxb.chunks_mut(s.h * s.w).enumerate().for_each(channel);
     }
 }
 
@@ -505,7 +507,6 @@ const MIN_COLUMNS: usize = 256;
 /// Images per GEMM: 1 for maps of at least [`MIN_COLUMNS`] pixels; otherwise enough images to
 /// reach it, within the batch and the patch budget of [`rows_per_tile`].
 fn images_per_group(s: &Shape2d) -> usize {
-    const TILE_FLOATS: usize = 4 << 20;
     let p = s.oh * s.ow;
     let k = s.c_in * s.kh * s.kw;
     if p >= MIN_COLUMNS {
@@ -529,27 +530,16 @@ fn group_patches(x: &[f32], n: usize, s: &Shape2d, o: &ConvOptions<2>, parallel:
     patches
 }
 
-/// `[c_out, n * p]` from `n` consecutive NCHW images `[c_out, p]` of `g` (or back with
-/// `to_images`).
-fn regroup(
-    images: &mut [f32],
-    grouped: &mut [f32],
-    n: usize,
-    rows: usize,
-    p: usize,
-    to_images: bool,
-) {
-    for i in 0..n {
-        for r in 0..rows {
-            let image = &mut images[(i * rows + r) * p..][..p];
-            let group = &mut grouped[r * n * p + i * p..][..p];
-            if to_images {
-                image.copy_from_slice(group);
-            } else {
-                group.copy_from_slice(image);
-            }
+/// `[rows, n * p]` from `n` consecutive images `[rows, p]`: image `i` in columns
+/// `i * p..(i + 1) * p`.
+fn side_by_side(images: &[f32], n: usize, rows: usize, p: usize) -> Vec<f32> {
+    let mut grouped = vec![0.0f32; rows * n * p];
+    for (i, image) in images.chunks(rows * p).take(n).enumerate() {
+        for (r, row) in image.chunks(p).enumerate() {
+            grouped[r * n * p + i * p..][..p].copy_from_slice(row);
         }
     }
+    grouped
 }
 
 /// Groups of [`images_per_group`] consecutive images: `(first image, count)`, and whether the
@@ -571,9 +561,7 @@ fn input_grad_grouped(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> 
     let (list, parallel) = groups(s);
     let per = list[0].1;
     let run = |(b0, n): (usize, usize), dxg: &mut [f32]| {
-        let mut gg = vec![0.0f32; s.c_out * n * p];
-        let mut images = g[b0 * s.c_out * p..(b0 + n) * s.c_out * p].to_vec();
-        regroup(&mut images, &mut gg, n, s.c_out, p, false);
+        let gg = side_by_side(&g[b0 * s.c_out * p..], n, s.c_out, p);
         let mut dpatches = vec![0.0f32; k * n * p];
         gemm_rm(
             [k, n * p, s.c_out],
@@ -609,9 +597,7 @@ fn weight_grad_grouped(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) ->
     let (list, _) = groups(s);
     for (i, (b0, n)) in list.into_iter().enumerate() {
         let patches = group_patches(&x[b0 * plane..], n, s, o, true);
-        let mut gg = vec![0.0f32; s.c_out * n * p];
-        let mut images = g[b0 * s.c_out * p..(b0 + n) * s.c_out * p].to_vec();
-        regroup(&mut images, &mut gg, n, s.c_out, p, false);
+        let gg = side_by_side(&g[b0 * s.c_out * p..], n, s.c_out, p);
         // dW[co, k] (+)= G[co, n p] . patches[k, n p]^T
         gemm_rm(
             [s.c_out, k, n * p],
@@ -648,11 +634,6 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
             let patches = &mut patches[..k * tile];
             fill_patches(patches, tile, xb, s, o, r0, nr, true);
             // dW[co, k] (+)= G_b[co, tile] . patches[k, tile]^T
-            let parallelism = if s.c_out * k * tile >= 1 << 21 {
-                gemm::Parallelism::Rayon(0)
-            } else {
-                gemm::Parallelism::None
-            };
             // SAFETY: every pointer and stride below addresses inside its slice: dst is
             // [c_out, k] row-major, lhs is the [c_out, tile] window of G_b at column r0 * ow
             // (row stride p), rhs is patches [k, tile] read transposed.
@@ -676,7 +657,7 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
                     false,
                     false,
                     false,
-                    parallelism,
+                    gemm_parallelism(s.c_out * k * tile, false),
                 );
             }
             first = false;
