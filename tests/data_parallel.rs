@@ -64,10 +64,10 @@ const SGD_LIKE: [&str; 3] = ["train.adam_eps=1000", "train.lr=10", "train.disc_l
 fn tokenizer_cfg(extra: &[&str]) -> TokenizerRunConfig {
     let mut sets: Vec<String> = vec![
         format!("perceptual.weights={}", common::vgg_weights().display()),
-        // GAN (with R1 at steps 0 and 2) and the entropy term on from the first step;
+        // GAN (with R1 at every step) and the entropy term on from the first step;
         // minibatch stddev is per replica by design, so it is off for the comparison.
         "loss.disc_start=0".into(),
-        "loss.r1_interval=2".into(),
+        "loss.r1_interval=1".into(),
         "disc.minibatch_std=false".into(),
         "train.batch_size=8".into(),
         "train.sample_every=0".into(),
@@ -104,7 +104,11 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
     let tmp = tempfile::tempdir().unwrap();
     let one = [Device::flex()];
     let two = [Device::flex(), Device::flex()];
-    let cfg = tokenizer_cfg(&["train.steps=3"]);
+    // Two steps: the second runs on Adam's state from the first. A third step is not compared:
+    // there the runs part at a discrete event (measured 1.2e-6 after steps 1 and 2, then 4e-5
+    // to 3e-4 after step 3 depending on the kernels' rounding), so it would measure how
+    // rounding is amplified, not the gradient average (a wrong one is off by ~1).
+    let cfg = tokenizer_cfg(&["train.steps=2"]);
     let a = run_tokenizer(&cfg, &tmp.path().join("a"), &one);
     let b = run_tokenizer(&cfg, &tmp.path().join("b"), &two);
     // The start, for the scale: the same config, 1 step with lr 0 is step 0's weights.
@@ -126,7 +130,7 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
         &weights(&a.disc),
         &d0,
     );
-    // Measured: 3.5e-5 (generator), 1.3e-5 (discriminator): float summation order (the
+    // Measured: 1.2e-6 (generator), 4.9e-6 (discriminator): float summation order (the
     // gradient GEMMs of small maps group as many images as the batch has, src/kernels/conv.rs).
     assert!(
         g < 1e-4 && d < 1e-4,
@@ -151,21 +155,21 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
     }
 
     // Cross-count resume: 2 replicas then 1, and 1 then 2, end where 1 device ends.
-    let cfg2 = tokenizer_cfg(&["train.steps=2"]);
+    let cfg1 = tokenizer_cfg(&["train.steps=1"]);
     let c = tmp.path().join("c");
-    run_tokenizer(&cfg2, &c, &two);
-    let c = resume_tokenizer(&c, 3, RunKind::Tokenizer, &one);
+    run_tokenizer(&cfg1, &c, &two);
+    let c = resume_tokenizer(&c, 2, RunKind::Tokenizer, &one);
     let e = tmp.path().join("e");
-    run_tokenizer(&cfg2, &e, &one);
-    let e = resume_tokenizer(&e, 3, RunKind::Tokenizer, &two);
+    run_tokenizer(&cfg1, &e, &one);
+    let e = resume_tokenizer(&e, 2, RunKind::Tokenizer, &two);
     for (what, st) in [("2 then 1 device", &c), ("1 then 2 devices", &e)] {
-        assert_eq!(st.state.step, 3);
+        assert_eq!(st.state.step, 2);
         assert_eq!(
             st.state.batches_drawn, a.state.batches_drawn,
             "{what}: data position"
         );
         let r = rel_diff(what, &weights(&st.model), &weights(&a.model), &w0);
-        // Measured: 1.4e-6 (2 then 1), 1.3e-7 (1 then 2).
+        // Measured: 1.2e-6 (2 then 1), 1.5e-7 (1 then 2).
         assert!(r < 1e-4, "{what}: {r:.2e}");
     }
 
@@ -187,7 +191,7 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
         &weights(&p.model.decoder),
         &weights(&a.model.decoder),
     );
-    // Measured: 1.5e-7.
+    // Measured: 6.6e-9.
     assert!(r < 1e-4, "phase 2: {r:.2e}");
     // The frozen parts stay phase 1's bit for bit.
     assert_eq!(weights(&q.model.encoder), weights(&a.model.encoder));

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod gelu;
+pub mod pool;
 mod simd;
 
 use burn::backend::DispatchDevice;
@@ -14,6 +15,7 @@ pub use attention::attention;
 pub use conv::{conv_options, conv2d, conv2d_with};
 pub use dropout::dropout;
 pub use gelu::gelu;
+pub use pool::{avg_pool2d, max_pool2d};
 
 /// Whether `device` (autodiff or not) is the CPU (Flex) device, the one these kernels serve.
 fn on_cpu(device: &Device) -> bool {

@@ -18,7 +18,7 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, interpolate, max_pool2d};
+use burn::tensor::module::interpolate;
 use burn::tensor::ops::{
     AvgPoolOptions, ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
 };
@@ -28,7 +28,7 @@ use std::path::Path;
 
 use super::weights::WeightFile;
 use crate::eval::host_f32;
-use crate::kernels;
+use crate::kernels::{self, avg_pool2d, max_pool2d};
 
 /// The script that makes the default weights file.
 pub const FETCH_SCRIPT: &str = "scripts/fetch-inception.sh";

@@ -6,13 +6,13 @@
 
 use anyhow::Result;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{adaptive_avg_pool2d, max_pool2d};
+use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use std::collections::BTreeMap;
 
 use super::weights::WeightFile;
-use crate::kernels;
+use crate::kernels::{self, max_pool2d};
 
 /// Output channels of the 13 convs; `None` marks a max-pool.
 const LAYOUT: [Option<usize>; 18] = [
