@@ -202,8 +202,9 @@ impl PoolKernels for Flex {
 fn argmax(xp: &[f32], w: usize, (r0, r1): (usize, usize), (c0, c1): (usize, usize)) -> usize {
     let (mut best, mut at) = (f32::NEG_INFINITY, r0 * w + c0);
     for row in r0..r1 {
-        for i in row * w + c0..row * w + c1 {
-            let v = xp[i];
+        let start = row * w + c0;
+        for (i, &v) in xp[start..row * w + c1].iter().enumerate() {
+            let i = start + i;
             if v > best || v.is_nan() {
                 best = v;
                 at = i;
@@ -458,7 +459,8 @@ mod tests {
     fn pooling_matches_burn() {
         let device = Device::flex().autodiff();
         // (h, w, kernel, stride, padding)
-        let cases: [(usize, usize, [usize; 2], [usize; 2], [usize; 2]); 7] = [
+        type Case = (usize, usize, [usize; 2], [usize; 2], [usize; 2]);
+        let cases: [Case; 7] = [
             (8, 8, [2, 2], [2, 2], [0, 0]),
             (7, 9, [2, 2], [2, 2], [0, 0]),
             (9, 9, [3, 3], [1, 1], [1, 1]),
