@@ -505,8 +505,10 @@ pub fn bench_kernels(
     Ok(out)
 }
 
-/// Attention forward + backward at the tiny and base MaskGIT shapes `[B, heads, L, dh]`:
-/// burn's attention (on autodiff, a composition of tensor ops) and ours (src/kernels).
+/// Self-attention forward + backward at the tiny and base MaskGIT shapes (`heads` heads of
+/// `dh` over `L` positions) from the packed projection `[B, L, 3 heads dh]`: burn's attention
+/// between the head split and merge (on autodiff, a composition of tensor ops) and ours
+/// (src/kernels, reading the heads in place).
 fn bench_attention(
     ad: &Device,
     steps: usize,
@@ -516,27 +518,20 @@ fn bench_attention(
     let mut out = Vec::new();
     for (name, [b, h, l, dh]) in [("tiny", [32, 4, 65, 16]), ("base", [2, 16, 257, 48])] {
         let normal = Distribution::Normal(0.0, 1.0);
-        let [q, k, v] =
-            [0; 3].map(|_| Tensor::<4>::random([b, h, l, dh], normal, ad).require_grad());
+        let qkv = Tensor::<3>::random([b, l, 3 * h * dh], normal, ad).require_grad();
         // QK^T and PV forward, four products of the same size backward.
         let flop = 3.0 * 4.0 * (b * h * l * l * dh) as f64;
         for (who, ours) in [("burn", false), ("seqgan", true)] {
             let secs = time(warmup, steps, || {
                 let y = if ours {
-                    kernels::attention(q.clone(), k.clone(), v.clone(), false)
+                    kernels::self_attention(qkv.clone(), h, false)
                 } else {
-                    attention(
-                        q.clone(),
-                        k.clone(),
-                        v.clone(),
-                        None,
-                        None,
-                        Default::default(),
-                    )
+                    let [q, k, v] = kernels::split_heads(qkv.clone(), h);
+                    kernels::merge_heads(attention(q, k, v, None, None, Default::default()))
                 };
                 let grads = (y.clone() * y.detach().cos()).sum().backward();
-                let [gq, gk, gv] = [&q, &k, &v].map(|t| t.grad(&grads).expect("gradient").sum());
-                let _ = (gq + gk + gv).into_scalar::<f32>();
+                let g = qkv.grad(&grads).expect("gradient").sum();
+                let _ = g.into_scalar::<f32>();
                 Ok(())
             })?;
             out.push(figure(

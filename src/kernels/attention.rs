@@ -1,19 +1,22 @@
-//! Scaled dot-product attention as one differentiable op on the CPU device.
+//! Multi-head self-attention as one differentiable op on the CPU device.
 //!
 //! burn's autodiff backend has no attention op of its own: it runs burn-backend's
 //! `attention_fallback`, about fifteen tensor ops (matmul, scale, causal mask, the NaN-safe
 //! softmax's max/clamp/sub/exp/sum/clamp/div, matmul), each a node of the graph with its own
-//! saved tensors and its own backward. Here attention is one node, computed per (batch, head)
-//! in a per-thread scratch: the forward is two small GEMMs around a vectorised softmax, and the
-//! backward recomputes the probabilities from `q` and `k` (as flash attention does, so nothing
-//! of size `L x L` is kept between forward and backward) and runs the four GEMMs of the
-//! gradient:
+//! saved tensors and its own backward, and the model around it splits the packed `q, k, v`
+//! projection into heads and merges the heads again (a layout copy each way, forward and
+//! backward). Here attention is one node reading each head in place from the packed
+//! projection `[B, L, 3, heads, dh]` and writing its output in place into `[B, L, heads, dh]`,
+//! computed per (batch, head) in a per-thread scratch: the forward is two small GEMMs around a
+//! vectorised softmax, and the backward recomputes the probabilities from `q` and `k` (as
+//! flash attention does, so nothing of size `L x L` is kept between forward and backward) and
+//! runs the four GEMMs of the gradient:
 //!
 //! `P = softmax(s q k^T)`, `dV = P^T dO`, `dP = dO V^T`, `dS = P (dP - rowsum(P dP))`,
 //! `dQ = s dS K`, `dK = s dS^T Q` (s = 1/sqrt(dh); causal: key j > query i is masked).
 //!
-//! Other devices (wgpu, CUDA) take burn's `attention` unchanged: [`attention`] dispatches on
-//! the device.
+//! Other devices (wgpu, CUDA) take burn's `attention` between the split and the merge:
+//! [`self_attention`] dispatches on the device.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,7 +24,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::ops::{FloatTensorOps, ModuleOps};
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Bytes, DType, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::module::attention as burn_attention;
@@ -31,28 +34,24 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::simd::softmax_rows;
-use super::{gemm_rm, on_cpu};
+use super::{gemm_strided, on_cpu};
 
 /// Attention ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
 pub trait AttentionKernels: Backend {
-    /// `softmax(q k^T / sqrt(dh)) v` for `q` `[B, H, Lq, dh]`, `k`, `v` `[B, H, Lk, dh]`;
-    /// `causal` masks key `j > i` for query `i`.
-    fn sdpa(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+    /// Self-attention of `heads` heads from `qkv` `[B, L, 3D]` (per position `[3, heads, dh]`:
+    /// queries, keys, values), `[B, L, D]` out (per position `[heads, dh]`); `causal` masks
+    /// key `j > i` for query `i`.
+    fn self_attention(qkv: FloatTensor<Self>, heads: usize, causal: bool) -> FloatTensor<Self>;
+
+    /// The gradient `[B, L, 3D]` of [`AttentionKernels::self_attention`] with respect to `qkv`
+    /// given the output's gradient `[B, L, D]`.
+    fn self_attention_backward(
+        qkv: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
         causal: bool,
     ) -> FloatTensor<Self>;
-
-    /// The gradients `(dq, dk, dv)` of [`AttentionKernels::sdpa`] given the output's gradient.
-    fn sdpa_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        causal: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Backward passes computed by our kernel (so a test can tell that the op was routed to it).
@@ -65,164 +64,197 @@ fn options(causal: bool) -> AttentionModuleOptions {
     }
 }
 
+/// `t` as contiguous f32 (the kernels' one layout).
+fn contiguous_f32(t: FlexTensor) -> FlexTensor {
+    let t = if t.dtype() == DType::F32 {
+        t
+    } else {
+        Flex::float_cast(t, FloatDType::F32)
+    };
+    t.to_contiguous()
+}
+
+/// `data` as a contiguous tensor of `shape`, cast back to `dtype`.
+fn wrap(data: Vec<f32>, shape: burn::tensor::Shape, dtype: DType) -> FlexTensor {
+    let t = FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape),
+        DType::F32,
+    );
+    if dtype == DType::F32 {
+        t
+    } else {
+        Flex::float_cast(t, dtype.into())
+    }
+}
+
 impl AttentionKernels for Flex {
-    fn sdpa(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
-        if [&q, &k, &v].iter().any(|t| t.dtype() != DType::F32) {
-            return Flex::attention(q, k, v, None, None, options(causal));
-        }
-        let (q, k, v) = (q.to_contiguous(), k.to_contiguous(), v.to_contiguous());
-        let s = Sizes::of(&q, &k, causal);
-        let out = forward_f32(slice(&q), slice(&k), slice(&v), &s);
-        FlexTensor::new(
-            Bytes::from_elems(out),
-            Layout::contiguous(q.shape()),
-            DType::F32,
-        )
+    fn self_attention(qkv: FlexTensor, heads: usize, causal: bool) -> FlexTensor {
+        let dtype = qkv.dtype();
+        let qkv = contiguous_f32(qkv);
+        let s = Sizes::of(&qkv, heads, causal);
+        let out = forward_f32(slice(&qkv), &s);
+        wrap(out, [s.batch, s.len, s.dim()].into(), dtype)
     }
 
-    fn sdpa_backward(
-        q: FlexTensor,
-        k: FlexTensor,
-        v: FlexTensor,
+    fn self_attention_backward(
+        qkv: FlexTensor,
         grad: FlexTensor,
+        heads: usize,
         causal: bool,
-    ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let dtype = q.dtype();
-        let f32s = |t: FlexTensor| {
-            let t = if t.dtype() == DType::F32 {
-                t
-            } else {
-                Flex::float_cast(t, FloatDType::F32)
-            };
-            t.to_contiguous()
-        };
-        let (q, k, v, grad) = (f32s(q), f32s(k), f32s(v), f32s(grad));
-        let s = Sizes::of(&q, &k, causal);
-        let (dq, dk, dv) = backward_f32(slice(&q), slice(&k), slice(&v), slice(&grad), &s);
+    ) -> FlexTensor {
+        let dtype = qkv.dtype();
+        let (qkv, grad) = (contiguous_f32(qkv), contiguous_f32(grad));
+        let s = Sizes::of(&qkv, heads, causal);
+        let dqkv = backward_f32(slice(&qkv), slice(&grad), &s);
         FUSED_BACKWARDS.fetch_add(1, Ordering::Relaxed);
-        let wrap = |data: Vec<f32>, like: &FlexTensor| {
-            let t = FlexTensor::new(
-                Bytes::from_elems(data),
-                Layout::contiguous(like.shape()),
-                DType::F32,
-            );
-            if dtype == DType::F32 {
-                t
-            } else {
-                Flex::float_cast(t, dtype.into())
-            }
-        };
-        (wrap(dq, &q), wrap(dk, &k), wrap(dv, &v))
+        wrap(dqkv, qkv.shape(), dtype)
     }
 }
 
 impl<B: AttentionKernels, C: CheckpointStrategy> AttentionKernels for Autodiff<B, C> {
-    fn sdpa(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        causal: bool,
-    ) -> FloatTensor<Self> {
+    fn self_attention(qkv: FloatTensor<Self>, heads: usize, causal: bool) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct SdpaBackward;
+        struct SelfAttentionBackward;
 
-        impl<B: AttentionKernels> Backward<B, 3> for SdpaBackward {
-            type State = (NodeId, NodeId, NodeId, bool);
+        impl<B: AttentionKernels> Backward<B, 1> for SelfAttentionBackward {
+            type State = (NodeId, usize, bool);
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 3>,
+                ops: Ops<Self::State, 1>,
                 grads: &mut Gradients,
                 checkpointer: &mut Checkpointer,
             ) {
                 let grad = grads.consume::<B>(&ops.node);
-                let (q_state, k_state, v_state, causal) = ops.state;
-                let q: FloatTensor<B> = checkpointer.retrieve_node_output(q_state);
-                let k: FloatTensor<B> = checkpointer.retrieve_node_output(k_state);
-                let v: FloatTensor<B> = checkpointer.retrieve_node_output(v_state);
-                let (dq, dk, dv) = B::sdpa_backward(q, k, v, grad, causal);
-                for (node, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, g);
-                    }
+                let (qkv_state, heads, causal) = ops.state;
+                let qkv: FloatTensor<B> = checkpointer.retrieve_node_output(qkv_state);
+                let [parent] = ops.parents;
+                if let Some(node) = parent {
+                    let dqkv = B::self_attention_backward(qkv, grad, heads, causal);
+                    grads.register::<B>(node.id, dqkv);
                 }
             }
         }
 
-        match SdpaBackward
-            .prepare::<C>([q.node(), k.node(), v.node()])
+        match SelfAttentionBackward
+            .prepare::<C>([qkv.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
-                let q_state = prep.checkpoint(&q);
-                let k_state = prep.checkpoint(&k);
-                let v_state = prep.checkpoint(&v);
-                let out = B::sdpa(
-                    q.into_primitive(),
-                    k.into_primitive(),
-                    v.into_primitive(),
-                    causal,
-                );
-                prep.finish((q_state, k_state, v_state, causal), out)
+                let qkv_state = prep.checkpoint(&qkv);
+                let out = B::self_attention(qkv.into_primitive(), heads, causal);
+                prep.finish((qkv_state, heads, causal), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::sdpa(
-                q.into_primitive(),
-                k.into_primitive(),
-                v.into_primitive(),
-                causal,
-            )),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::self_attention(qkv.into_primitive(), heads, causal))
+            }
         }
     }
 
-    fn sdpa_backward(
-        _q: FloatTensor<Self>,
-        _k: FloatTensor<Self>,
-        _v: FloatTensor<Self>,
+    fn self_attention_backward(
+        _qkv: FloatTensor<Self>,
         _grad: FloatTensor<Self>,
+        _heads: usize,
         _causal: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> FloatTensor<Self> {
         unreachable!("the backward runs on the inner backend")
     }
 }
 
-/// `softmax(q k^T / sqrt(dh)) v` over `[B, H, L, dh]`, `causal` or not, differentiable as one
-/// op on the CPU device (see the module doc); burn's `attention` elsewhere. Same values as
-/// burn's attention to float rounding.
-pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
-    if !on_cpu(&q.device()) {
-        return burn_attention(q, k, v, None, None, options(causal));
+/// Multi-head self-attention from a packed projection: `qkv` `[B, L, 3D]` holds per position
+/// the queries, keys and values of `heads` heads (`[3, heads, D / heads]`, one linear layer's
+/// output), the result is `[B, L, D]` with the heads side by side (ready for the output
+/// projection); `causal` masks key `j > i` for query `i`. One differentiable op on the CPU
+/// device (see the module doc); elsewhere burn's `attention` between [`split_heads`] and the
+/// merge. Same values as burn's attention to float rounding.
+pub fn self_attention(qkv: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+    let [_, _, d3] = qkv.dims();
+    assert!(
+        heads > 0 && d3 % (3 * heads) == 0,
+        "self_attention: {d3} projected features do not split into q, k, v of {heads} heads"
+    );
+    if !on_cpu(&qkv.device()) {
+        return composed(qkv, heads, causal);
     }
-    Tensor::from_dispatch(<Dispatch as AttentionKernels>::sdpa(
-        q.into_dispatch(),
-        k.into_dispatch(),
-        v.into_dispatch(),
+    Tensor::from_dispatch(<Dispatch as AttentionKernels>::self_attention(
+        qkv.into_dispatch(),
+        heads,
         causal,
     ))
+}
+
+/// Queries, keys and values `[B, heads, L, dh]` of a packed projection `[B, L, 3D]` (per
+/// position `[3, heads, dh]`).
+pub fn split_heads(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+    let [b, l, d3] = qkv.dims();
+    let dh = d3 / (3 * heads);
+    let qkv = qkv.reshape([b, l, 3, heads, dh]);
+    [0, 1, 2].map(|i| {
+        qkv.clone()
+            .narrow(2, i, 1)
+            .reshape([b, l, heads, dh])
+            .swap_dims(1, 2)
+    })
+}
+
+/// Heads `[B, heads, L, dh]` side by side: `[B, L, heads * dh]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, heads, l, dh] = x.dims();
+    x.swap_dims(1, 2).reshape([b, l, heads * dh])
+}
+
+/// [`self_attention`] through burn's tensor ops.
+fn composed(qkv: Tensor<3>, heads: usize, causal: bool) -> Tensor<3> {
+    let [q, k, v] = split_heads(qkv, heads);
+    merge_heads(burn_attention(q, k, v, None, None, options(causal)))
 }
 
 /// Each head's GEMMs are serial: the heads run in parallel.
 const SERIAL: gemm::Parallelism = gemm::Parallelism::None;
 
-/// Sizes of one attention problem: `pairs` = batch x heads independent attentions.
+/// Sizes of one self-attention: `batch x heads` independent (batch, head) pairs over `len`
+/// positions of packed `[3, heads, dh]` projections.
 struct Sizes {
-    pairs: usize,
-    lq: usize,
-    lk: usize,
+    batch: usize,
+    heads: usize,
+    len: usize,
     dh: usize,
     causal: bool,
 }
 
 impl Sizes {
-    fn of(q: &FlexTensor, k: &FlexTensor, causal: bool) -> Self {
-        let [b, h, lq, dh] = q.shape().dims::<4>();
+    fn of(qkv: &FlexTensor, heads: usize, causal: bool) -> Self {
+        let [batch, len, d3] = qkv.shape().dims::<3>();
         Self {
-            pairs: b * h,
-            lq,
-            lk: k.shape().dims::<4>()[2],
-            dh,
+            batch,
+            heads,
+            len,
+            dh: d3 / (3 * heads),
             causal,
         }
+    }
+
+    /// Features of the output: `heads * dh`.
+    fn dim(&self) -> usize {
+        self.heads * self.dh
+    }
+
+    fn pairs(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Offset of the first query of `pair` in the packed projection (its key and value follow
+    /// at `+ dim` and `+ 2 dim`; rows `3 dim` apart), and of its first output row (rows `dim`
+    /// apart), which is also where its output gradient starts.
+    fn offsets(&self, pair: usize) -> (usize, usize) {
+        let (b, h) = (pair / self.heads, pair % self.heads);
+        let d = self.dim();
+        (
+            b * self.len * 3 * d + h * self.dh,
+            b * self.len * d + h * self.dh,
+        )
     }
 }
 
@@ -230,62 +262,157 @@ fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32")
 }
 
-/// `softmax(s q k^T) v` for contiguous `[pairs, L, dh]` `q`, `k`, `v`: per pair, the scores
-/// in a per-thread scratch, one GEMM each side of a vectorised softmax.
-fn forward_f32(q: &[f32], k: &[f32], v: &[f32], s: &Sizes) -> Vec<f32> {
-    let (lq, lk, dh) = (s.lq, s.lk, s.dh);
+/// A buffer the parallel tasks write through, each task to its own (batch, head) columns.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+
+// SAFETY: the tasks write disjoint elements (see `Sizes::offsets`), and the buffer outlives
+// the parallel loop.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `softmax(s q k^T) v` per (batch, head) for a contiguous packed `qkv` `[B, L, 3D]`: the
+/// scores in a per-thread scratch, one GEMM each side of a vectorised softmax.
+fn forward_f32(qkv: &[f32], s: &Sizes) -> Vec<f32> {
+    let (l, dh, d) = (s.len, s.dh, s.dim());
+    assert_eq!(qkv.len(), s.batch * l * 3 * d);
     let scale = 1.0 / (dh as f32).sqrt();
-    let mut out = vec![0.0f32; s.pairs * lq * dh];
-    out.par_chunks_mut(lq * dh).enumerate().for_each_init(
-        || vec![0.0f32; lq * lk],
-        |p, (i, o)| {
-            let qi = &q[i * lq * dh..][..lq * dh];
-            let (ki, vi) = (&k[i * lk * dh..][..lk * dh], &v[i * lk * dh..][..lk * dh]);
-            gemm_rm([lq, lk, dh], p, false, qi, false, ki, true, scale, SERIAL);
-            softmax_rows(p, lk, s.causal);
-            gemm_rm([lq, dh, lk], o, false, p, false, vi, false, 1.0, SERIAL);
+    let mut out = vec![0.0f32; s.batch * l * d];
+    let dst = Shared(out.as_mut_ptr());
+    (0..s.pairs()).into_par_iter().for_each_init(
+        || vec![0.0f32; l * l],
+        |p, pair| {
+            let (i, o) = s.offsets(pair);
+            let [q, k, v] = [0, d, 2 * d].map(|c| (qkv[i + c..].as_ptr(), 3 * d));
+            // SAFETY: q, k, v are `l` rows of `dh` at row stride 3d inside `qkv` (length
+            // checked above); the output rows of this pair are written by this task only.
+            unsafe {
+                gemm_strided(
+                    [l, l, dh],
+                    (p.as_mut_ptr(), l),
+                    false,
+                    q,
+                    false,
+                    k,
+                    true,
+                    scale,
+                    SERIAL,
+                );
+                softmax_rows(p, l, s.causal);
+                gemm_strided(
+                    [l, dh, l],
+                    (dst.at(o), d),
+                    false,
+                    (p.as_ptr(), l),
+                    false,
+                    v,
+                    false,
+                    1.0,
+                    SERIAL,
+                );
+            }
         },
     );
     out
 }
 
-/// `(dq, dk, dv)` for contiguous `[pairs, L, dh]` `q`, `k`, `v` and output gradient `g`.
-fn backward_f32(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    g: &[f32],
-    s: &Sizes,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (lq, lk, dh) = (s.lq, s.lk, s.dh);
+/// The gradient `[B, L, 3D]` with respect to a contiguous packed `qkv` given the output
+/// gradient `g` `[B, L, D]`.
+fn backward_f32(qkv: &[f32], g: &[f32], s: &Sizes) -> Vec<f32> {
+    let (l, dh, d) = (s.len, s.dh, s.dim());
+    assert_eq!(qkv.len(), s.batch * l * 3 * d);
+    assert_eq!(g.len(), s.batch * l * d);
     let scale = 1.0 / (dh as f32).sqrt();
-    let mut dq = vec![0.0f32; s.pairs * lq * dh];
-    let mut dk = vec![0.0f32; s.pairs * lk * dh];
-    let mut dv = vec![0.0f32; s.pairs * lk * dh];
-    dq.par_chunks_mut(lq * dh)
-        .zip(dk.par_chunks_mut(lk * dh))
-        .zip(dv.par_chunks_mut(lk * dh))
-        .enumerate()
-        .for_each_init(
-            || (vec![0.0f32; lq * lk], vec![0.0f32; lq * lk]),
-            |(p, dp), (i, ((dq, dk), dv))| {
-                let (qi, gi) = (&q[i * lq * dh..][..lq * dh], &g[i * lq * dh..][..lq * dh]);
-                let (ki, vi) = (&k[i * lk * dh..][..lk * dh], &v[i * lk * dh..][..lk * dh]);
-                gemm_rm([lq, lk, dh], p, false, qi, false, ki, true, scale, SERIAL);
-                softmax_rows(p, lk, s.causal);
-                gemm_rm([lk, dh, lq], dv, false, p, true, gi, false, 1.0, SERIAL);
-                gemm_rm([lq, lk, dh], dp, false, gi, false, vi, true, 1.0, SERIAL);
-                for (prow, dprow) in p.chunks(lk).zip(dp.chunks_mut(lk)) {
-                    let delta: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
-                    for (d, &pv) in dprow.iter_mut().zip(prow) {
-                        *d = pv * (*d - delta);
-                    }
+    // Every element is written: each pair writes its dq, dk and dv columns.
+    let mut dqkv = vec![0.0f32; qkv.len()];
+    let dst = Shared(dqkv.as_mut_ptr());
+    (0..s.pairs()).into_par_iter().for_each_init(
+        || (vec![0.0f32; l * l], vec![0.0f32; l * l]),
+        |(p, dp), pair| {
+            let (i, o) = s.offsets(pair);
+            let [q, k, v] = [0, d, 2 * d].map(|c| (qkv[i + c..].as_ptr(), 3 * d));
+            let [dq, dk, dv] = [0, d, 2 * d].map(|c| (dst.at(i + c), 3 * d));
+            let go = (g[o..].as_ptr(), d);
+            // SAFETY: q, k, v (and dq, dk, dv) are `l` rows of `dh` at row stride 3d inside
+            // buffers of `qkv`'s length, the output gradient `l` rows of `dh` at stride d inside
+            // `g` (lengths checked above); this pair's gradient columns are written by this
+            // task only.
+            unsafe {
+                gemm_strided(
+                    [l, l, dh],
+                    (p.as_mut_ptr(), l),
+                    false,
+                    q,
+                    false,
+                    k,
+                    true,
+                    scale,
+                    SERIAL,
+                );
+                softmax_rows(p, l, s.causal);
+                gemm_strided(
+                    [l, dh, l],
+                    dv,
+                    false,
+                    (p.as_ptr(), l),
+                    true,
+                    go,
+                    false,
+                    1.0,
+                    SERIAL,
+                );
+                gemm_strided(
+                    [l, l, dh],
+                    (dp.as_mut_ptr(), l),
+                    false,
+                    go,
+                    false,
+                    v,
+                    true,
+                    1.0,
+                    SERIAL,
+                );
+            }
+            for (prow, dprow) in p.chunks(l).zip(dp.chunks_mut(l)) {
+                let delta: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
+                for (x, &pv) in dprow.iter_mut().zip(prow) {
+                    *x = pv * (*x - delta);
                 }
-                gemm_rm([lq, dh, lk], dq, false, dp, false, ki, false, scale, SERIAL);
-                gemm_rm([lk, dh, lq], dk, false, dp, true, qi, false, scale, SERIAL);
-            },
-        );
-    (dq, dk, dv)
+            }
+            // SAFETY: as above.
+            unsafe {
+                gemm_strided(
+                    [l, dh, l],
+                    dq,
+                    false,
+                    (dp.as_ptr(), l),
+                    false,
+                    k,
+                    false,
+                    scale,
+                    SERIAL,
+                );
+                gemm_strided(
+                    [l, dh, l],
+                    dk,
+                    false,
+                    (dp.as_ptr(), l),
+                    true,
+                    q,
+                    false,
+                    scale,
+                    SERIAL,
+                );
+            }
+        },
+    );
+    dqkv
 }
 
 #[cfg(test)]
@@ -293,58 +420,53 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution};
 
-    /// Output and `q`, `k`, `v` gradients of our attention against burn's (its autodiff
-    /// composition of tensor ops), causal and not, for a square and a rectangular case.
+    /// Output and `qkv` gradient of our attention against burn's (its autodiff composition of
+    /// tensor ops between the split and the merge), causal and not, single- and multi-head,
+    /// with a strided (non-contiguous) input.
     #[test]
     fn gradients_match_burn_attention() {
         let device = Device::flex().autodiff();
         let before = FUSED_BACKWARDS.load(Ordering::Relaxed);
+        // (batch, len, heads, dh, causal)
         let cases = [
-            ([2, 3, 7, 8], 7, false),
-            ([2, 3, 9, 4], 9, true),
-            ([1, 2, 5, 8], 11, false),
+            (2, 7, 3, 8, false),
+            (2, 9, 3, 4, true),
+            (1, 5, 1, 8, false),
+            (3, 17, 2, 5, true),
         ];
-        for (qs, lk, causal) in cases {
-            let ks = [qs[0], qs[1], lk, qs[3]];
-            let q0 = Tensor::<4>::random(qs, Distribution::Normal(0.0, 1.0), &device);
-            let k0 = Tensor::<4>::random(ks, Distribution::Normal(0.0, 1.0), &device);
-            let v0 = Tensor::<4>::random(ks, Distribution::Normal(0.0, 1.0), &device);
+        for (b, l, heads, dh, causal) in cases {
+            let d3 = 3 * heads * dh;
+            // Stored [B, 3D, L] and transposed: the kernel must not assume a contiguous input.
+            let x0 = Tensor::<3>::random([b, d3, l], Distribution::Normal(0.0, 1.0), &device)
+                .swap_dims(1, 2);
             let run = |ours: bool| {
-                let (q, k, v) = (
-                    q0.clone().require_grad(),
-                    k0.clone().require_grad(),
-                    v0.clone().require_grad(),
-                );
+                let x = x0.clone().require_grad();
                 let y = if ours {
-                    attention(q.clone(), k.clone(), v.clone(), causal)
+                    self_attention(x.clone(), heads, causal)
                 } else {
-                    burn_attention(q.clone(), k.clone(), v.clone(), None, None, options(causal))
+                    composed(x.clone(), heads, causal)
                 };
+                assert_eq!(y.dims(), [b, l, heads * dh]);
                 // A non-uniform output gradient, cos(y) - y sin(y).
                 let grads = (y.clone() * y.clone().cos()).sum().backward();
-                let flat = |t: Tensor<4>| {
-                    t.flatten::<1>(0, 3)
+                let flat = |t: Tensor<3>| {
+                    t.flatten::<1>(0, 2)
                         .into_data()
                         .try_to_vec::<f32>()
                         .expect("f32 data")
                 };
-                [
-                    flat(y.detach()),
-                    flat(q.grad(&grads).unwrap()),
-                    flat(k.grad(&grads).unwrap()),
-                    flat(v.grad(&grads).unwrap()),
-                ]
+                [flat(y.detach()), flat(x.grad(&grads).unwrap())]
             };
             let (ours, theirs) = (run(true), run(false));
-            for (what, (a, b)) in ["output", "dq", "dk", "dv"]
+            for (what, (u, w)) in ["output", "dqkv"]
                 .iter()
                 .zip(ours.iter().zip(theirs.iter()))
             {
-                assert_eq!(a.len(), b.len());
-                for (u, w) in a.iter().zip(b) {
+                assert_eq!(u.len(), w.len());
+                for (u, w) in u.iter().zip(w) {
                     assert!(
                         (u - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{what} {qs:?} lk {lk} causal {causal}: {u} vs {w}"
+                        "{what} b {b} l {l} heads {heads} dh {dh} causal {causal}: {u} vs {w}"
                     );
                 }
             }

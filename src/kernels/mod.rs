@@ -11,7 +11,7 @@ mod simd;
 use burn::backend::DispatchDevice;
 use burn::tensor::Device;
 
-pub use attention::attention;
+pub use attention::{merge_heads, self_attention, split_heads};
 pub use conv::{conv_options, conv2d, conv2d_with};
 pub use dropout::dropout;
 pub use gelu::gelu;
@@ -40,23 +40,63 @@ fn gemm_rm(
     beta: f32,
     parallelism: gemm::Parallelism,
 ) {
-    let (lhs_cs, lhs_rs) = if lhs_t { (m, 1) } else { (1, k) };
-    let (rhs_cs, rhs_rs) = if rhs_t { (k, 1) } else { (1, n) };
     assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // SAFETY: the lengths are checked above and the strides address exactly those extents.
+    let lhs_ld = if lhs_t { m } else { k };
+    let rhs_ld = if rhs_t { k } else { n };
+    // SAFETY: the lengths are checked above and the strides address exactly those extents;
+    // `dst` is borrowed mutably, so no one else accesses it.
+    unsafe {
+        gemm_strided(
+            [m, n, k],
+            (dst.as_mut_ptr(), n),
+            accumulate,
+            (lhs.as_ptr(), lhs_ld),
+            lhs_t,
+            (rhs.as_ptr(), rhs_ld),
+            rhs_t,
+            beta,
+            parallelism,
+        );
+    }
+}
+
+/// [`gemm_rm`] on row-major operands given as (first element, floats between rows): an
+/// operand can be a window of a wider matrix, such as one head's columns of a
+/// `[L, 3, heads, dh]` projection. A transposed operand's row stride is that of the stored
+/// matrix (`[k, m]` / `[n, k]`).
+///
+/// # Safety
+/// `lhs` and `rhs` must be valid for reads of their extents, `dst` for writes (and reads with
+/// `accumulate`) of the `m x n` result at its row stride, and no other thread may access
+/// those `dst` elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    [m, n, k]: [usize; 3],
+    (dst, dst_ld): (*mut f32, usize),
+    accumulate: bool,
+    (lhs, lhs_ld): (*const f32, usize),
+    lhs_t: bool,
+    (rhs, rhs_ld): (*const f32, usize),
+    rhs_t: bool,
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    let (lhs_cs, lhs_rs) = if lhs_t { (lhs_ld, 1) } else { (1, lhs_ld) };
+    let (rhs_cs, rhs_rs) = if rhs_t { (rhs_ld, 1) } else { (1, rhs_ld) };
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_ld as isize,
             accumulate,
-            lhs.as_ptr(),
+            lhs,
             lhs_cs as isize,
             lhs_rs as isize,
-            rhs.as_ptr(),
+            rhs,
             rhs_cs as isize,
             rhs_rs as isize,
             1.0,

@@ -116,22 +116,13 @@ impl WindowAttention {
     /// `[B, C, H, W]` -> same shape.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let dims = x.dims();
-        let [_, c, h, w] = dims;
+        let [_, _, h, w] = dims;
         let win = [window_side(h, self.window), window_side(w, self.window)];
         let t = self.norm.forward(partition(x.clone(), win, self.dilated));
-        let [g, n, _] = t.dims();
-        let dh = c / self.heads;
-        // [G, N, 3C] -> three [G, heads, N, dh]
-        let qkv = self.qkv.forward(t).reshape([g, n, 3, self.heads, dh]);
-        let part = |i: usize| {
-            qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([g, n, self.heads, dh])
-                .swap_dims(1, 2)
-        };
-        // One differentiable op on the CPU device (src/kernels/attention.rs).
-        let out = kernels::attention(part(0), part(1), part(2), false);
-        let out = self.proj.forward(out.swap_dims(1, 2).reshape([g, n, c]));
+        // [G, N, 3C] (per token [3, heads, dh]) -> [G, N, C]; one differentiable op on the
+        // CPU device (src/kernels/attention.rs).
+        let out = kernels::self_attention(self.qkv.forward(t), self.heads, false);
+        let out = self.proj.forward(out);
         x + merge(out, dims, win, self.dilated)
     }
 }

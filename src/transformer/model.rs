@@ -85,26 +85,13 @@ impl Block {
         }
     }
 
-    /// Queries, keys and values `[B, heads, L, dh]` of `x` `[B, L, D]`.
-    fn qkv(&self, x: Tensor<3>) -> [Tensor<4>; 3] {
-        let [b, l, d] = x.dims();
-        let dh = d / self.heads;
-        let qkv = self
-            .qkv
-            .forward(self.norm1.forward(x))
-            .reshape([b, l, 3, self.heads, dh]);
-        [0, 1, 2].map(|i| {
-            qkv.clone()
-                .narrow(2, i, 1)
-                .reshape([b, l, self.heads, dh])
-                .swap_dims(1, 2)
-        })
+    /// The packed projection `[B, L, 3D]` of `x` `[B, L, D]`: per position `[3, heads, dh]`.
+    fn qkv(&self, x: Tensor<3>) -> Tensor<3> {
+        self.qkv.forward(self.norm1.forward(x))
     }
 
-    /// Residual update from attention output `[B, heads, L, dh]`, then the MLP.
-    fn finish(&self, x: Tensor<3>, att: Tensor<4>) -> Tensor<3> {
-        let [b, l, d] = x.dims();
-        let att = att.swap_dims(1, 2).reshape([b, l, d]);
+    /// Residual update from attention output `[B, L, D]` (heads side by side), then the MLP.
+    fn finish(&self, x: Tensor<3>, att: Tensor<3>) -> Tensor<3> {
         let x = x + kernels::dropout(&self.drop, self.proj.forward(att));
         let h = self.fc2.forward(kernels::gelu(
             self.fc1.forward(self.norm2.forward(x.clone())),
@@ -118,20 +105,19 @@ impl Block {
         x: Tensor<3>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
-        let [q, k, v] = self.qkv(x.clone());
+        let [q, k, v] = kernels::split_heads(self.qkv(x.clone()), self.heads);
         let (k, v) = match cache.take() {
             Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
         let att = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.finish(x, att)
+        self.finish(x, kernels::merge_heads(att))
     }
 
     fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let [q, k, v] = self.qkv(x.clone());
         // One differentiable op on the CPU device (src/kernels/attention.rs).
-        let att = kernels::attention(q, k, v, causal);
+        let att = kernels::self_attention(self.qkv(x.clone()), self.heads, causal);
         self.finish(x, att)
     }
 }
