@@ -36,7 +36,7 @@ use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{gemm_rm, on_cpu};
+use super::{gemm_rm, gemm_strided, on_cpu};
 
 /// Convolution ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -341,8 +341,9 @@ fn per_batch(out: &mut [f32], chunk: usize, parallel: bool, f: impl Fn(usize, &m
 /// and tile of output rows, `Y_b[co, tile] = W[co, (ci, kh, kw)] . patches[(ci, kh, kw), tile]`,
 /// written straight into the NCHW output.
 fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    // No grouping of images here (see [`MIN_COLUMNS`]): the forward of an image is the same
-    // bits whatever else is in its batch.
+    if images_per_group(s) > 1 && s.oh * s.ow > 1 && s.c_out > 1 {
+        return forward_grouped(x, w, s, o);
+    }
     let k = s.c_in * s.kh * s.kw;
     let p = s.oh * s.ow;
     let mut y = vec![0.0f32; s.batch * s.c_out * p];
@@ -496,12 +497,16 @@ fn add_patches(
 /// Columns a GEMM needs to run near its peak: the output pixels of one image, or of several
 /// when the map is small (a 4x4 map would leave most of each 16-lane vector idle).
 ///
-/// Only the gradients group images. The forward does not: the `gemm` crate picks its blocking
-/// (hence the order of each sum) from the problem's shape, so a group's size, which depends on
-/// the batch, would change the rounding of every output, and the tokenizer's nearest-code
-/// assignment turns rounding into different codes. Kept per image, a batch split across data-
-/// parallel replicas computes the same forward bits as one device (`tests/data_parallel.rs`);
-/// a gradient's rounding varies with the split as any sum over the batch does.
+/// Grouping must not change an image's forward: the tokenizer's nearest-code assignment would
+/// turn a batch-dependent rounding into other codes, and a batch split across data-parallel
+/// replicas must compute the same forward bits as one device (`tests/data_parallel.rs`). The
+/// `gemm` crate sums each output over `k` one fused multiply-add after another in blocks of
+/// `kc` terms, but picks `kc` from the whole problem's shape (512 when both output sides are
+/// at most 64, its cache model otherwise), and has special paths for one output row or
+/// column and for tiny contiguous problems. The grouped forward ([`forward_grouped`]) hands
+/// it blocks of at most [`K_BLOCK`] terms, which every `kc` choice sums in one go, and avoids
+/// the special paths (more than one output channel and pixel, patches strided along `k`): `forward_is_the_same_bits_whatever_the_batch` checks it. A gradient's
+/// rounding varies with the split as any sum over the batch does.
 const MIN_COLUMNS: usize = 256;
 
 /// Images per GEMM: 1 for maps of at least [`MIN_COLUMNS`] pixels; otherwise enough images to
@@ -554,13 +559,78 @@ fn groups(s: &Shape2d) -> (Vec<(usize, usize)>, bool) {
     (list, parallel)
 }
 
+/// Terms of the partial sums the grouped forward hands the `gemm` crate (see [`MIN_COLUMNS`]):
+/// the `kc` it picks for small problems.
+const K_BLOCK: usize = 512;
+
+/// Runs `f(group, out_g, parallel)` for each group of images (see [`groups`]) with its slice of
+/// `out` (`per_image` floats per image), the groups in parallel or in turn.
+fn for_groups(
+    out: &mut [f32],
+    per_image: usize,
+    s: &Shape2d,
+    f: impl Fn((usize, usize), &mut [f32], bool) + Sync,
+) {
+    let (list, parallel) = groups(s);
+    let chunk = list[0].1 * per_image;
+    if parallel {
+        out.par_chunks_mut(chunk)
+            .zip(list.into_par_iter())
+            .for_each(|(o, grp)| f(grp, o, true));
+    } else {
+        out.chunks_mut(chunk)
+            .zip(list)
+            .for_each(|(o, grp)| f(grp, o, false));
+    }
+}
+
+/// [`forward_f32`] for maps under [`MIN_COLUMNS`] pixels: one GEMM per group of images,
+/// `Y_g[c_out, n p] = W . patches_g` (in blocks of [`K_BLOCK`] terms, see [`MIN_COLUMNS`]),
+/// then each image's `[c_out, p]` copied out. Per image, a 4x4 map's 16 pixels filled one
+/// vector of the `gemm` crate's microkernel, its narrowest (measured: 13.6% of a tiny phase-1
+/// step, from VGG-16's and the tokenizer's 4x4 and 2x2 maps).
+fn forward_grouped(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
+    let mut y = vec![0.0f32; s.batch * s.c_out * p];
+    for_groups(&mut y, s.c_out * p, s, |(b0, n), yg, parallel| {
+        let patches = group_patches(&x[b0 * plane..], n, s, o, !parallel);
+        let cols = n * p;
+        let mut grouped = vec![0.0f32; s.c_out * cols];
+        let parallelism = gemm_parallelism(s.c_out * cols * k, parallel);
+        for k0 in (0..k).step_by(K_BLOCK) {
+            let kb = K_BLOCK.min(k - k0);
+            // Y_g (+)= W[:, k0..k0 + kb] . patches[k0..k0 + kb, :]
+            // SAFETY: W's columns k0..k0 + kb of each of its `c_out` rows (stride k) lie inside
+            // `w`, the patch rows k0.. are `kb` rows of `cols` inside `patches`; `grouped` is
+            // owned and holds `c_out` rows of `cols`.
+            unsafe {
+                gemm_strided(
+                    [s.c_out, cols, kb],
+                    (grouped.as_mut_ptr(), cols),
+                    k0 > 0,
+                    (w[k0..].as_ptr(), k),
+                    false,
+                    (patches[k0 * cols..].as_ptr(), cols),
+                    false,
+                    1.0,
+                    parallelism,
+                );
+            }
+        }
+        for (i, yi) in yg.chunks_mut(s.c_out * p).enumerate() {
+            for (co, row) in yi.chunks_mut(p).enumerate() {
+                row.copy_from_slice(&grouped[co * cols + i * p..][..p]);
+            }
+        }
+    });
+    y
+}
+
 /// [`input_grad_f32`] for small maps: one GEMM per group of images.
 fn input_grad_grouped(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
     let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
     let mut dx = vec![0.0f32; s.batch * plane];
-    let (list, parallel) = groups(s);
-    let per = list[0].1;
-    let run = |(b0, n): (usize, usize), dxg: &mut [f32]| {
+    for_groups(&mut dx, plane, s, |(b0, n), dxg, parallel| {
         let gg = side_by_side(&g[b0 * s.c_out * p..], n, s.c_out, p);
         let mut dpatches = vec![0.0f32; k * n * p];
         gemm_rm(
@@ -577,16 +647,7 @@ fn input_grad_grouped(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> 
         for (i, dxb) in dxg.chunks_mut(plane).enumerate() {
             add_patches(dxb, &dpatches[i * p..], n * p, s, o, 0, s.oh, !parallel);
         }
-    };
-    if parallel {
-        dx.par_chunks_mut(per * plane)
-            .zip(list.into_par_iter())
-            .for_each(|(dxg, grp)| run(grp, dxg));
-    } else {
-        dx.chunks_mut(per * plane)
-            .zip(list)
-            .for_each(|(dxg, grp)| run(grp, dxg));
-    }
+    });
     dx
 }
 
@@ -741,8 +802,9 @@ mod tests {
     fn gradients_match_burn_conv2d() {
         let device = Device::flex().autodiff();
         // The first two have maps of >= 256 pixels (one GEMM per image), the others small maps
-        // (one GEMM per group of images).
-        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 9] = [
+        // (one GEMM per group of images; the last three with more output channels, 17: a
+        // partly filled vector).
+        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 12] = [
             (
                 [1, 3, 17, 16],
                 [4, 3, 3, 3],
@@ -788,6 +850,21 @@ mod tests {
                 [3, 2, 4, 4],
                 ConvOptions::new_with_padding([2, 2], [(1, 2), (1, 2)], [1, 1], 1),
             ),
+            (
+                [3, 4, 4, 4],
+                [24, 4, 3, 3],
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
+            (
+                [2, 5, 4, 4],
+                [16, 5, 3, 3],
+                ConvOptions::new([2, 2], [1, 1], [1, 1], 1),
+            ),
+            (
+                [2, 3, 2, 3],
+                [17, 3, 1, 1],
+                ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+            ),
         ];
         let counts = || {
             [&GEMM_FORWARDS, &GEMM_INPUT_GRADS, &GEMM_WEIGHT_GRADS]
@@ -797,7 +874,10 @@ mod tests {
         let n = cases.len();
         for (xs, ws, options) in cases {
             let x0 = Tensor::<4>::random(xs, Distribution::Normal(0.0, 1.0), &device);
-            let w0 = Tensor::<4>::random(ws, Distribution::Normal(0.0, 1.0), &device);
+            // Weights at 1/sqrt(fan-in), so outputs are O(1): the loss below amplifies an
+            // output's rounding by |y|.
+            let fan_in = (ws[1] * ws[2] * ws[3]) as f64;
+            let w0 = Tensor::<4>::random(ws, Distribution::Normal(0.0, fan_in.powf(-0.5)), &device);
             let b0 = Tensor::<1>::random([ws[0]], Distribution::Normal(0.0, 1.0), &device);
             let run = |ours: bool| {
                 let (x, w, b) = (
@@ -842,6 +922,41 @@ mod tests {
             .zip(after.iter().zip(before))
         {
             assert!(a - b >= n, "the {what}s did not come from our kernels");
+        }
+    }
+
+    /// An image's forward is the same bits alone and in batches of any size, on the grouped
+    /// path of small maps too (see [`MIN_COLUMNS`]); `k` = 576 spans two of the `gemm` crate's
+    /// blocks of the sum.
+    #[test]
+    fn forward_is_the_same_bits_whatever_the_batch() {
+        let device = Device::flex();
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        for (map, c_in, c_out) in [(4, 64, 32), (2, 8, 64), (7, 8, 17), (16, 8, 8)] {
+            let x = Tensor::<4>::random(
+                [12, c_in, map, map],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let w =
+                Tensor::<4>::random([c_out, c_in, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+            let bits = |t: Tensor<4>| -> Vec<u32> {
+                let v: Vec<f32> = t.into_data().try_to_vec().expect("f32 data");
+                v.into_iter().map(f32::to_bits).collect()
+            };
+            let all = conv2d_with(x.clone(), w.clone(), None, options.clone());
+            for (start, len) in [(0, 1), (3, 2), (5, 7)] {
+                let part = conv2d_with(
+                    x.clone().narrow(0, start, len),
+                    w.clone(),
+                    None,
+                    options.clone(),
+                );
+                assert!(
+                    bits(part) == bits(all.clone().narrow(0, start, len)),
+                    "{map}x{map} map, {c_in} -> {c_out} channels: images {start}.. alone differ"
+                );
+            }
         }
     }
 }
