@@ -23,18 +23,17 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::ops::FloatTensorOps;
+use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Bytes, DType, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::Tensor;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{FloatDType, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::simd::softmax_rows;
-use super::{gemm_strided, on_cpu};
+use super::{contiguous_f32, gemm_strided, on_cpu, wrap};
 
 /// Attention ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -61,30 +60,6 @@ fn options(causal: bool) -> AttentionModuleOptions {
     AttentionModuleOptions {
         is_causal: causal,
         ..Default::default()
-    }
-}
-
-/// `t` as contiguous f32 (the kernels' one layout).
-fn contiguous_f32(t: FlexTensor) -> FlexTensor {
-    let t = if t.dtype() == DType::F32 {
-        t
-    } else {
-        Flex::float_cast(t, FloatDType::F32)
-    };
-    t.to_contiguous()
-}
-
-/// `data` as a contiguous tensor of `shape`, cast back to `dtype`.
-fn wrap(data: Vec<f32>, shape: burn::tensor::Shape, dtype: DType) -> FlexTensor {
-    let t = FlexTensor::new(
-        Bytes::from_elems(data),
-        Layout::contiguous(shape),
-        DType::F32,
-    );
-    if dtype == DType::F32 {
-        t
-    } else {
-        Flex::float_cast(t, dtype.into())
     }
 }
 

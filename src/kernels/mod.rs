@@ -1,20 +1,22 @@
 //! Kernels the CPU device gets from us where burn-flex's are the limit, through burn's
 //! backend-extension point (other devices use burn's ops unchanged).
 
+pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod dropout;
-pub mod gelu;
 pub mod pool;
 mod simd;
 
-use burn::backend::DispatchDevice;
-use burn::tensor::Device;
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::{Bytes, DType, DispatchDevice, Flex};
+use burn::tensor::{Device, FloatDType, Shape};
 
+pub use activation::{gelu, silu};
 pub use attention::{merge_heads, self_attention, split_heads};
 pub use conv::{conv_options, conv2d, conv2d_with};
 pub use dropout::dropout;
-pub use gelu::gelu;
 pub use pool::{avg_pool2d, max_pool2d};
 
 /// Whether `device` (autodiff or not) is the CPU (Flex) device, the one these kernels serve.
@@ -23,6 +25,31 @@ fn on_cpu(device: &Device) -> bool {
         device.clone().inner().as_dispatch(),
         DispatchDevice::Flex(_)
     )
+}
+
+/// `t` as contiguous f32, the kernels' one layout (other float types are cast).
+fn contiguous_f32(t: FlexTensor) -> FlexTensor {
+    let t = if t.dtype() == DType::F32 {
+        t
+    } else {
+        Flex::float_cast(t, FloatDType::F32)
+    };
+    t.to_contiguous()
+}
+
+/// A kernel's output `data` as a contiguous tensor of `shape`, cast back to `dtype` (the
+/// input's).
+fn wrap(data: Vec<f32>, shape: Shape, dtype: DType) -> FlexTensor {
+    let t = FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape),
+        DType::F32,
+    );
+    if dtype == DType::F32 {
+        t
+    } else {
+        Flex::float_cast(t, dtype.into())
+    }
 }
 
 /// `dst = beta * lhs . rhs` (`dst += ...` with `accumulate`) for row-major operands; `lhs_t` /

@@ -3,12 +3,11 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
-use crate::kernels::{avg_pool2d, conv2d};
+use crate::kernels::{avg_pool2d, conv2d, silu};
 
 /// GroupNorm with the largest group count `<= max_groups` that divides `channels`.
 pub fn group_norm(channels: usize, max_groups: usize, eps: f64, device: &Device) -> GroupNorm {

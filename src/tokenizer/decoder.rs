@@ -7,13 +7,12 @@
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use super::attention::WindowAttention;
 use super::blocks::{ResBlock, conv, group_norm, upsample};
 use super::config::TokenizerModelConfig;
-use crate::kernels::conv2d;
+use crate::kernels::{conv2d, silu};
 
 #[derive(Module, Debug)]
 pub struct DecoderLevel {
