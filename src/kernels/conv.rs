@@ -325,16 +325,40 @@ fn gemm_parallelism(mnk: usize, batch_parallel: bool) -> gemm::Parallelism {
     }
 }
 
-/// Runs `f(b, out_b)` for each batch element's `chunk`-sized slice of `out`, in parallel across
-/// elements or in turn (see [`batch_parallel`]).
-fn per_batch(out: &mut [f32], chunk: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
+/// Runs `f(b, out_b, scratch)` for each batch element's `chunk`-sized slice of `out`, in
+/// parallel across elements or in turn (see [`batch_parallel`]). `scratch` is a buffer each
+/// worker keeps from one element to the next (contents unspecified), so that patch buffers are
+/// neither allocated nor zeroed per image.
+fn per_batch(
+    out: &mut [f32],
+    chunk: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync,
+) {
     if parallel {
         out.par_chunks_mut(chunk)
             .enumerate()
-            .for_each(|(b, o)| f(b, o));
+            .for_each_init(Vec::new, |scratch, (b, o)| f(b, o, scratch));
     } else {
-        out.chunks_mut(chunk).enumerate().for_each(|(b, o)| f(b, o));
+        let mut scratch = Vec::new();
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(b, o)| f(b, o, &mut scratch));
     }
+}
+
+/// The first `n` floats of `scratch`, grown (with zeros) if shorter.
+fn take(scratch: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if scratch.len() < n {
+        scratch.resize(n, 0.0);
+    }
+    &mut scratch[..n]
+}
+
+/// Whether the convolution is pointwise (1x1, stride 1, no padding): its patches are the
+/// input itself (`[c_in, h w]` per image), so no patch matrix is built.
+fn pointwise(s: &Shape2d, o: &ConvOptions<2>) -> bool {
+    s.kh == 1 && s.kw == 1 && o.stride == [1, 1] && o.padding == [(0, 0), (0, 0)]
 }
 
 /// `y = conv(x, w)` (no bias) for contiguous NCHW `x` and `w` (groups = 1): per batch element
@@ -349,36 +373,33 @@ fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32
     let mut y = vec![0.0f32; s.batch * s.c_out * p];
     let rows = rows_per_tile(s);
     let parallel = batch_parallel(s);
-    per_batch(&mut y, s.c_out * p, parallel, |b, yb| {
+    let direct = pointwise(s, o);
+    per_batch(&mut y, s.c_out * p, parallel, |b, yb, scratch| {
         let xb = &x[b * s.c_in * s.h * s.w..(b + 1) * s.c_in * s.h * s.w];
-        let mut patches = vec![0.0f32; k * rows.min(s.oh) * s.ow];
         for r0 in (0..s.oh).step_by(rows) {
             let nr = rows.min(s.oh - r0);
             let tile = nr * s.ow;
-            let patches = &mut patches[..k * tile];
-            fill_patches(patches, tile, xb, s, o, r0, nr, !parallel);
+            // The patches [k, tile] of these rows (row stride `ld`).
+            let (patches, ld) = if direct {
+                (&xb[r0 * s.ow..], p)
+            } else {
+                let patches = take(scratch, k * tile);
+                fill_patches(patches, tile, xb, s, o, r0, nr, !parallel);
+                (&*patches, tile)
+            };
             // SAFETY: dst is the [c_out, tile] window of Y_b at column r0 * ow (row stride p),
-            // lhs is W [c_out, k] row-major, rhs patches [k, tile] row-major.
+            // lhs is W [c_out, k] row-major, rhs the [k, tile] patches at row stride `ld`
+            // (x_b's columns r0 * ow.. when pointwise); `yb` is borrowed mutably.
             unsafe {
-                gemm::gemm(
-                    s.c_out,
-                    tile,
-                    k,
-                    yb.as_mut_ptr().add(r0 * s.ow),
-                    1,
-                    p as isize,
+                gemm_strided(
+                    [s.c_out, tile, k],
+                    (yb.as_mut_ptr().add(r0 * s.ow), p),
                     false,
-                    w.as_ptr(),
-                    1,
-                    k as isize,
-                    patches.as_ptr(),
-                    1,
-                    tile as isize,
-                    0.0,
+                    (w.as_ptr(), k),
+                    false,
+                    (patches.as_ptr(), ld),
+                    false,
                     1.0,
-                    false,
-                    false,
-                    false,
                     gemm_parallelism(s.c_out * k * tile, parallel),
                 );
             }
@@ -399,39 +420,37 @@ fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<
     let mut dx = vec![0.0f32; s.batch * s.c_in * s.h * s.w];
     let rows = rows_per_tile(s);
     let parallel = batch_parallel(s);
-    per_batch(&mut dx, s.c_in * s.h * s.w, parallel, |b, dxb| {
+    let direct = pointwise(s, o);
+    per_batch(&mut dx, s.c_in * s.h * s.w, parallel, |b, dxb, scratch| {
         let gb = &g[b * s.c_out * p..(b + 1) * s.c_out * p];
-        let mut dpatches = vec![0.0f32; k * rows.min(s.oh) * s.ow];
         for r0 in (0..s.oh).step_by(rows) {
             let nr = rows.min(s.oh - r0);
             let tile = nr * s.ow;
-            let dpatches = &mut dpatches[..k * tile];
-            // SAFETY: dst is dpatches [k, tile] row-major, lhs is W^T (W is [c_out, k]
-            // row-major), rhs the [c_out, tile] window of G_b at column r0 * ow (row stride p).
+            // Pointwise, the patch gradient is the input gradient: written in place.
+            let (dpatches, ld) = if direct {
+                (dxb[r0 * s.ow..].as_mut_ptr(), p)
+            } else {
+                (take(scratch, k * tile).as_mut_ptr(), tile)
+            };
+            // SAFETY: dst is the [k, tile] patch gradient at row stride `ld` (in `scratch`, or
+            // dx_b's columns r0 * ow.. when pointwise; neither is borrowed meanwhile), lhs is W^T (W is [c_out, k] row-major), rhs the
+            // [c_out, tile] window of G_b at column r0 * ow (row stride p).
             unsafe {
-                gemm::gemm(
-                    k,
-                    tile,
-                    s.c_out,
-                    dpatches.as_mut_ptr(),
-                    1,
-                    tile as isize,
+                gemm_strided(
+                    [k, tile, s.c_out],
+                    (dpatches, ld),
                     false,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    gb.as_ptr().add(r0 * s.ow),
-                    1,
-                    p as isize,
-                    0.0,
+                    (w.as_ptr(), k),
+                    true,
+                    (gb.as_ptr().add(r0 * s.ow), p),
+                    false,
                     1.0,
-                    false,
-                    false,
-                    false,
                     gemm_parallelism(s.c_out * k * tile, parallel),
                 );
             }
-            add_patches(dxb, dpatches, tile, s, o, r0, nr, !parallel);
+            if !direct {
+                add_patches(dxb, &scratch[..k * tile], tile, s, o, r0, nr, !parallel);
+            }
         }
     });
     dx
@@ -684,44 +703,38 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
     let p = s.oh * s.ow;
     let mut dw = vec![0.0f32; s.c_out * k];
     let rows = rows_per_tile(s);
-    let mut patches = vec![0.0f32; k * rows * s.ow];
-    let mut first = true;
+    let direct = pointwise(s, o);
+    let mut scratch = Vec::new();
     for b in 0..s.batch {
         let xb = &x[b * s.c_in * s.h * s.w..(b + 1) * s.c_in * s.h * s.w];
         let gb = &g[b * s.c_out * p..(b + 1) * s.c_out * p];
         for r0 in (0..s.oh).step_by(rows) {
             let nr = rows.min(s.oh - r0);
             let tile = nr * s.ow;
-            let patches = &mut patches[..k * tile];
-            fill_patches(patches, tile, xb, s, o, r0, nr, true);
+            let (patches, ld) = if direct {
+                (&xb[r0 * s.ow..], p)
+            } else {
+                let patches = take(&mut scratch, k * tile);
+                fill_patches(patches, tile, xb, s, o, r0, nr, true);
+                (&*patches, tile)
+            };
             // dW[co, k] (+)= G_b[co, tile] . patches[k, tile]^T
-            // SAFETY: every pointer and stride below addresses inside its slice: dst is
-            // [c_out, k] row-major, lhs is the [c_out, tile] window of G_b at column r0 * ow
-            // (row stride p), rhs is patches [k, tile] read transposed.
+            // SAFETY: dst is dW [c_out, k] row-major (owned), lhs the [c_out, tile] window of
+            // G_b at column r0 * ow (row stride p), rhs the [k, tile] patches at row stride
+            // `ld` read transposed.
             unsafe {
-                gemm::gemm(
-                    s.c_out,
-                    k,
-                    tile,
-                    dw.as_mut_ptr(),
-                    1,
-                    k as isize,
-                    !first,
-                    gb.as_ptr().add(r0 * s.ow),
-                    1,
-                    p as isize,
-                    patches.as_ptr(),
-                    tile as isize,
-                    1,
+                gemm_strided(
+                    [s.c_out, k, tile],
+                    (dw.as_mut_ptr(), k),
+                    b > 0 || r0 > 0,
+                    (gb.as_ptr().add(r0 * s.ow), p),
+                    false,
+                    (patches.as_ptr(), ld),
+                    true,
                     1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
                     gemm_parallelism(s.c_out * k * tile, false),
                 );
             }
-            first = false;
         }
     }
     dw
@@ -801,14 +814,25 @@ mod tests {
     #[test]
     fn gradients_match_burn_conv2d() {
         let device = Device::flex().autodiff();
-        // The first two have maps of >= 256 pixels (one GEMM per image), the others small maps
+        // The first four have maps of >= 256 pixels (one GEMM per image; two pointwise, read
+        // without patches, in turn and in parallel), the others small maps
         // (one GEMM per group of images; the last three with more output channels, 17: a
         // partly filled vector).
-        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 12] = [
+        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 14] = [
             (
                 [1, 3, 17, 16],
                 [4, 3, 3, 3],
                 ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
+            (
+                [3, 4, 16, 17],
+                [5, 4, 1, 1],
+                ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+            ),
+            (
+                [1, 4, 16, 17],
+                [5, 4, 1, 1],
+                ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
             ),
             (
                 [3, 2, 33, 20],
