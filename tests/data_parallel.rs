@@ -105,9 +105,10 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
     let one = [Device::flex()];
     let two = [Device::flex(), Device::flex()];
     // Two steps: the second runs on Adam's state from the first. A third step is not compared:
-    // there the runs part at a discrete event (measured 1.6e-6 after step 1, 1.1e-5 after step
-    // 2, 4e-5 to 3e-4 after step 3 depending on the kernels' rounding), so it would measure how
-    // rounding is amplified, not the gradient average (a wrong one is off by ~1).
+    // there the runs part at a discrete event (measured 1.6e-6 after step 1, 1.2e-6 to 1.1e-5
+    // after step 2 and 4e-5 to 3e-4 after step 3 depending on the kernels' rounding), so it
+    // would measure how rounding is amplified, not the gradient average (a wrong one is off by
+    // ~1).
     let cfg = tokenizer_cfg(&["train.steps=2"]);
     let a = run_tokenizer(&cfg, &tmp.path().join("a"), &one);
     let b = run_tokenizer(&cfg, &tmp.path().join("b"), &two);
@@ -130,7 +131,7 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
         &weights(&a.disc),
         &d0,
     );
-    // Measured: 1.1e-5 (generator), 4.9e-6 (discriminator): float summation order (the
+    // Measured: 1.2e-6 (generator), 4.9e-6 (discriminator): float summation order (the
     // gradient GEMMs of small maps group as many images as the batch has, src/kernels/conv.rs;
     // the forward is the same bits either way).
     assert!(
@@ -170,7 +171,7 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
             "{what}: data position"
         );
         let r = rel_diff(what, &weights(&st.model), &weights(&a.model), &w0);
-        // Measured: 1.1e-5 (2 then 1), 1.5e-7 (1 then 2).
+        // Measured: 1.2e-6 (2 then 1), 1.5e-7 (1 then 2).
         assert!(r < 1e-4, "{what}: {r:.2e}");
     }
 
@@ -192,7 +193,7 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
         &weights(&p.model.decoder),
         &weights(&a.model.decoder),
     );
-    // Measured: 6.6e-9.
+    // Measured: 1.4e-6.
     assert!(r < 1e-4, "phase 2: {r:.2e}");
     // The frozen parts stay phase 1's bit for bit.
     assert_eq!(weights(&q.model.encoder), weights(&a.model.encoder));
@@ -269,7 +270,7 @@ fn transformers_match_one_device() {
             &weights(&a.model),
             &weights(&z.model),
         );
-        // Measured: 6.8e-7 (MaskGIT), 7.0e-7 (GPT).
+        // Measured: 1.3e-6 (MaskGIT), 7.0e-7 (GPT).
         assert!(r < 1e-5, "{arch}: {r:.2e}");
         let (la, lb) = (
             a.state.last_metrics["loss"].as_f64().unwrap(),

@@ -1,20 +1,24 @@
 //! The transformer's optimiser: AdamW, the learning-rate schedule, global-norm clipping.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
+use crate::kernels::FusedAdamW;
 use crate::transformer::TransformerRunConfig;
 use crate::transformer::config::LrSchedule;
 
+/// AdamW as configured: one fused pass per parameter on the CPU device (src/kernels/adamw.rs,
+/// burn's `AdamW` elsewhere; the state files are the same).
 pub fn adamw(cfg: &TransformerRunConfig) -> ModuleOptimizer {
     let t = &cfg.train;
-    AdamWConfig::new()
-        .with_beta_1(t.beta1 as f32)
-        .with_beta_2(t.beta2 as f32)
-        .with_epsilon(t.adam_eps as f32)
-        .with_weight_decay(t.weight_decay as f32)
-        .init()
+    FusedAdamW::new(
+        t.beta1 as f32,
+        t.beta2 as f32,
+        t.adam_eps as f32,
+        t.weight_decay as f32,
+    )
+    .into()
 }
 
 /// Learning rate at `step`: linear warm-up, then constant or cosine to `min_lr_ratio * lr`.
