@@ -2,7 +2,7 @@
 //! backend-extension point (other devices use burn's ops unchanged).
 
 pub mod activation;
-pub mod adamw;
+pub mod adam;
 pub mod attention;
 pub mod conv;
 pub mod dropout;
@@ -15,7 +15,7 @@ use burn::backend::{Bytes, DType, DispatchDevice, Flex};
 use burn::tensor::{Device, FloatDType, Shape};
 
 pub use activation::{gelu, silu};
-pub use adamw::FusedAdamW;
+pub use adam::{FusedAdam, FusedAdamW};
 pub use attention::{merge_heads, self_attention, split_heads};
 pub use conv::{conv_options, conv2d, conv2d_with};
 pub use dropout::dropout;

@@ -12,13 +12,14 @@ pub mod stage;
 
 use anyhow::{Context, Result};
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use std::path::Path;
 
 use super::ema;
 use crate::config::RunKind;
 use crate::data::Loader;
+use crate::kernels::FusedAdam;
 use crate::perceptual::PerceptualLoss;
 use crate::run::checkpoint::{
     all_finite, load_module, load_optimizer, module_bytes, optimizer_bytes, with_ema,
@@ -95,12 +96,11 @@ pub struct GanPhase<'a> {
     replica_losses: Vec<PerceptualLoss>,
 }
 
+/// Adam as configured: one fused pass per parameter on the CPU device (src/kernels/adam.rs,
+/// burn's `Adam` elsewhere; the state files are the same).
 fn adam(cfg: &TokenizerRunConfig) -> ModuleOptimizer {
-    AdamConfig::new()
-        .with_beta_1(cfg.train.beta1 as f32)
-        .with_beta_2(cfg.train.beta2 as f32)
-        .with_epsilon(cfg.train.adam_eps as f32)
-        .init()
+    let t = &cfg.train;
+    FusedAdam::new(t.beta1 as f32, t.beta2 as f32, t.adam_eps as f32).into()
 }
 
 impl<'a> GanPhase<'a> {

@@ -8,7 +8,7 @@ use crate::kernels::FusedAdamW;
 use crate::transformer::TransformerRunConfig;
 use crate::transformer::config::LrSchedule;
 
-/// AdamW as configured: one fused pass per parameter on the CPU device (src/kernels/adamw.rs,
+/// AdamW as configured: one fused pass per parameter on the CPU device (src/kernels/adam.rs,
 /// burn's `AdamW` elsewhere; the state files are the same).
 pub fn adamw(cfg: &TransformerRunConfig) -> ModuleOptimizer {
     let t = &cfg.train;
