@@ -27,10 +27,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu as burn_gelu, silu as burn_silu};
-use rayon::prelude::*;
 
 use super::simd::{exp, simd_dispatch};
-use super::{contiguous_f32, on_cpu, wrap};
+use super::{contiguous_f32, on_cpu, par_output, wrap};
+use std::mem::MaybeUninit;
 
 /// The activations of this module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,14 +66,14 @@ impl ActivationKernels for Flex {
     fn activation(x: FlexTensor, kind: Activation) -> FlexTensor {
         let dtype = x.dtype();
         let x = contiguous_f32(x);
-        let mut out = vec![0.0f32; x.shape().num_elements()];
         let forward = match kind {
             Activation::Gelu => gelu_slice,
             Activation::Silu => silu_slice,
         };
-        out.par_chunks_mut(CHUNK)
-            .zip(f32s(&x).par_chunks(CHUNK))
-            .for_each(|(o, i)| forward(i, o));
+        let xs = f32s(&x);
+        let out = par_output(xs.len(), CHUNK, |c, o| {
+            forward(&xs[c * CHUNK..][..o.len()], o)
+        });
         wrap(out, x.shape(), dtype)
     }
 
@@ -85,18 +85,15 @@ impl ActivationKernels for Flex {
             grad.shape(),
             "activation gradient of another shape"
         );
-        let mut out = vec![0.0f32; x.shape().num_elements()];
         let backward = match kind {
             Activation::Gelu => gelu_grad_slice,
             Activation::Silu => silu_grad_slice,
         };
-        out.par_chunks_mut(CHUNK)
-            .zip(
-                f32s(&x)
-                    .par_chunks(CHUNK)
-                    .zip(f32s(&grad).par_chunks(CHUNK)),
-            )
-            .for_each(|(o, (i, g))| backward(i, g, o));
+        let (xs, gs) = (f32s(&x), f32s(&grad));
+        let out = par_output(xs.len(), CHUNK, |c, o| {
+            let at = c * CHUNK..c * CHUNK + o.len();
+            backward(&xs[at.clone()], &gs[at], o)
+        });
         wrap(out, x.shape(), dtype)
     }
 }
@@ -234,54 +231,58 @@ fn silu_grad_one(x: f32, g: f32) -> f32 {
     g * s * (1.0 + x * (1.0 - s))
 }
 
+/// `out[i] = f(x[i])`, every element of `out` written (same lengths).
 #[inline(always)]
-fn map_generic(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+fn map_generic(x: &[f32], out: &mut [MaybeUninit<f32>], f: impl Fn(f32) -> f32) {
+    assert_eq!(x.len(), out.len());
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = f(v);
+        o.write(f(v));
     }
 }
 
+/// `out[i] = f(x[i], g[i])`, every element of `out` written (same lengths).
 #[inline(always)]
-fn map2_generic(x: &[f32], g: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+fn map2_generic(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>], f: impl Fn(f32, f32) -> f32) {
+    assert!(x.len() == out.len() && g.len() == out.len());
     for ((o, &v), &d) in out.iter_mut().zip(x).zip(g) {
-        *o = f(v, d);
+        o.write(f(v, d));
     }
 }
 
 #[inline(always)]
-fn gelu_generic(x: &[f32], out: &mut [f32]) {
+fn gelu_generic(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     map_generic(x, out, gelu_one)
 }
 
 #[inline(always)]
-fn gelu_grad_generic(x: &[f32], g: &[f32], out: &mut [f32]) {
+fn gelu_grad_generic(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
     map2_generic(x, g, out, gelu_grad_one)
 }
 
 #[inline(always)]
-fn silu_generic(x: &[f32], out: &mut [f32]) {
+fn silu_generic(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     map_generic(x, out, silu_one)
 }
 
 #[inline(always)]
-fn silu_grad_generic(x: &[f32], g: &[f32], out: &mut [f32]) {
+fn silu_grad_generic(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) {
     map2_generic(x, g, out, silu_grad_one)
 }
 
 simd_dispatch! {
-    fn gelu_slice(x: &[f32], out: &mut [f32]) => gelu_generic
+    fn gelu_slice(x: &[f32], out: &mut [MaybeUninit<f32>]) => gelu_generic
 }
 
 simd_dispatch! {
-    fn gelu_grad_slice(x: &[f32], g: &[f32], out: &mut [f32]) => gelu_grad_generic
+    fn gelu_grad_slice(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) => gelu_grad_generic
 }
 
 simd_dispatch! {
-    fn silu_slice(x: &[f32], out: &mut [f32]) => silu_generic
+    fn silu_slice(x: &[f32], out: &mut [MaybeUninit<f32>]) => silu_generic
 }
 
 simd_dispatch! {
-    fn silu_grad_slice(x: &[f32], g: &[f32], out: &mut [f32]) => silu_grad_generic
+    fn silu_grad_slice(x: &[f32], g: &[f32], out: &mut [MaybeUninit<f32>]) => silu_grad_generic
 }
 
 #[cfg(test)]

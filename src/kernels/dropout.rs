@@ -22,10 +22,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Bytes, DType, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::Dropout;
 use burn::tensor::{Distribution, FloatDType, Int, Tensor};
-use rayon::prelude::*;
 
-use super::on_cpu;
 use super::simd::simd_dispatch;
+use super::{on_cpu, par_output};
+use std::mem::MaybeUninit;
 
 /// Dropout ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -47,14 +47,20 @@ impl DropoutKernels for Flex {
             Flex::float_cast(x, FloatDType::F32).to_contiguous()
         };
         let xs = x.as_slice::<f32>().expect("contiguous f32");
-        let mut out = vec![0.0f32; xs.len()];
         // CHUNK divides 2^32, so no task's run of indices crosses a multiple of it.
         let threshold = keep_threshold(prob);
         let scale = (1.0 / (1.0 - prob)) as f32;
-        out.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(c, (o, i))| apply_slice(i, o, key, (c * CHUNK) as u64, threshold, scale));
+        let out = par_output(xs.len(), CHUNK, |c, o| {
+            let start = c * CHUNK;
+            apply_slice(
+                &xs[start..start + o.len()],
+                o,
+                key,
+                start as u64,
+                threshold,
+                scale,
+            )
+        });
         let out = FlexTensor::new(
             Bytes::from_elems(out),
             Layout::contiguous(x.shape()),
@@ -150,18 +156,33 @@ fn mix(mut x: u32) -> u32 {
 /// 2^32): element `i` is kept where `mix(mix(lo(i) ^ k1) ^ k2) >= threshold`, with `k1`, `k2`
 /// the key's halves and `k2` also mixed with `hi(i)`. All u32 lanes, so it vectorises.
 #[inline(always)]
-fn apply_generic(x: &[f32], out: &mut [f32], key: u64, start: u64, threshold: u32, scale: f32) {
+fn apply_generic(
+    x: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    key: u64,
+    start: u64,
+    threshold: u32,
+    scale: f32,
+) {
+    assert_eq!(x.len(), out.len());
     let k1 = key as u32;
     let k2 = (key >> 32) as u32 ^ ((start >> 32) as u32).wrapping_mul(0x9e37_79b9);
     let lo = start as u32;
     for (j, (o, &v)) in out.iter_mut().zip(x).enumerate() {
         let h = mix(mix(lo.wrapping_add(j as u32) ^ k1) ^ k2);
-        *o = if h >= threshold { v * scale } else { 0.0 };
+        o.write(if h >= threshold { v * scale } else { 0.0 });
     }
 }
 
 simd_dispatch! {
-    fn apply_slice(x: &[f32], out: &mut [f32], key: u64, start: u64, threshold: u32, scale: f32) => apply_generic
+    fn apply_slice(
+        x: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        key: u64,
+        start: u64,
+        threshold: u32,
+        scale: f32,
+    ) => apply_generic
 }
 
 #[cfg(test)]

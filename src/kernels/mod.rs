@@ -13,6 +13,8 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Bytes, DType, DispatchDevice, Flex};
 use burn::tensor::{Device, FloatDType, Shape};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 pub use activation::{gelu, silu};
 pub use adam::{FusedAdam, FusedAdamW};
@@ -52,6 +54,26 @@ fn wrap(data: Vec<f32>, shape: Shape, dtype: DType) -> FlexTensor {
     } else {
         Flex::float_cast(t, dtype.into())
     }
+}
+
+/// An elementwise kernel's output of `n` floats, written chunk by chunk in parallel by
+/// `write(chunk_index, chunk)` (chunks of `chunk` floats, the last one shorter) without being
+/// zero-filled first (`vec![0.0; n]` then overwritten cost a memset: ~5% of a `tiny` MaskGIT
+/// step). `write` must set every element of its chunk: the kernels zip the chunk with an input
+/// chunk of the same length and write each element once.
+fn par_output(
+    n: usize,
+    chunk: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(c, o)| write(c, o));
+    // SAFETY: the first `n` elements were all written (the contract of `write` above).
+    unsafe { out.set_len(n) };
+    out
 }
 
 /// `dst = beta * lhs . rhs` (`dst += ...` with `accumulate`) for row-major operands; `lhs_t` /
