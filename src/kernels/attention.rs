@@ -252,12 +252,37 @@ impl Shared {
     }
 }
 
+/// `P = softmax(q k^T / sqrt(dh))` (`[L, L]`, causal as `s` says) into `p`, for one pair's
+/// `q` and `k` given as (first element, row stride).
+///
+/// # Safety
+/// `q` and `k` must each address `L` rows of `dh` floats at their row strides.
+unsafe fn probabilities(p: &mut [f32], q: (*const f32, usize), k: (*const f32, usize), s: &Sizes) {
+    let (l, dh) = (s.len, s.dh);
+    assert_eq!(p.len(), l * l);
+    let scale = 1.0 / (dh as f32).sqrt();
+    // SAFETY: `p` holds the [l, l] result; q and k as the caller guarantees.
+    unsafe {
+        gemm_strided(
+            [l, l, dh],
+            (p.as_mut_ptr(), l),
+            false,
+            q,
+            false,
+            k,
+            true,
+            scale,
+            SERIAL,
+        );
+    }
+    softmax_rows(p, l, s.causal);
+}
+
 /// `softmax(s q k^T) v` per (batch, head) for a contiguous packed `qkv` `[B, L, 3D]`: the
 /// scores in a per-thread scratch, one GEMM each side of a vectorised softmax.
 fn forward_f32(qkv: &[f32], s: &Sizes) -> Vec<f32> {
     let (l, dh, d) = (s.len, s.dh, s.dim());
     assert_eq!(qkv.len(), s.batch * l * 3 * d);
-    let scale = 1.0 / (dh as f32).sqrt();
     let mut out = vec![0.0f32; s.batch * l * d];
     let dst = Shared(out.as_mut_ptr());
     (0..s.pairs()).into_par_iter().for_each_init(
@@ -268,18 +293,7 @@ fn forward_f32(qkv: &[f32], s: &Sizes) -> Vec<f32> {
             // SAFETY: q, k, v are `l` rows of `dh` at row stride 3d inside `qkv` (length
             // checked above); the output rows of this pair are written by this task only.
             unsafe {
-                gemm_strided(
-                    [l, l, dh],
-                    (p.as_mut_ptr(), l),
-                    false,
-                    q,
-                    false,
-                    k,
-                    true,
-                    scale,
-                    SERIAL,
-                );
-                softmax_rows(p, l, s.causal);
+                probabilities(p, q, k, s);
                 gemm_strided(
                     [l, dh, l],
                     (dst.at(o), d),
@@ -319,18 +333,7 @@ fn backward_f32(qkv: &[f32], g: &[f32], s: &Sizes) -> Vec<f32> {
             // `g` (lengths checked above); this pair's gradient columns are written by this
             // task only.
             unsafe {
-                gemm_strided(
-                    [l, l, dh],
-                    (p.as_mut_ptr(), l),
-                    false,
-                    q,
-                    false,
-                    k,
-                    true,
-                    scale,
-                    SERIAL,
-                );
-                softmax_rows(p, l, s.causal);
+                probabilities(p, q, k, s);
                 gemm_strided(
                     [l, dh, l],
                     dv,
