@@ -29,7 +29,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu as burn_gelu, silu as burn_silu};
 
 use super::simd::{exp, simd_dispatch};
-use super::{contiguous_f32, on_cpu, par_output, wrap};
+use super::{contiguous_f32, f32_slice, on_cpu, par_output, wrap};
 use std::mem::MaybeUninit;
 
 /// The activations of this module.
@@ -58,10 +58,6 @@ pub trait ActivationKernels: Backend {
 /// Elements per parallel task: large enough to amortise the task, small enough to spread.
 const CHUNK: usize = 1 << 14;
 
-fn f32s(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
-
 impl ActivationKernels for Flex {
     fn activation(x: FlexTensor, kind: Activation) -> FlexTensor {
         let dtype = x.dtype();
@@ -70,7 +66,7 @@ impl ActivationKernels for Flex {
             Activation::Gelu => gelu_slice,
             Activation::Silu => silu_slice,
         };
-        let xs = f32s(&x);
+        let xs = f32_slice(&x);
         let out = par_output(xs.len(), CHUNK, |c, o| {
             forward(&xs[c * CHUNK..][..o.len()], o)
         });
@@ -89,7 +85,7 @@ impl ActivationKernels for Flex {
             Activation::Gelu => gelu_grad_slice,
             Activation::Silu => silu_grad_slice,
         };
-        let (xs, gs) = (f32s(&x), f32s(&grad));
+        let (xs, gs) = (f32_slice(&x), f32_slice(&grad));
         let out = par_output(xs.len(), CHUNK, |c, o| {
             let at = c * CHUNK..c * CHUNK + o.len();
             backward(&xs[at.clone()], &gs[at], o)

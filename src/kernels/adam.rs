@@ -14,7 +14,6 @@
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DType, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::optim::{
@@ -25,7 +24,7 @@ use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::simd::simd_dispatch;
-use super::{contiguous_f32, on_cpu, wrap};
+use super::{cast_back, contiguous_f32, f32_slice, on_cpu, wrap};
 
 /// The scalars of one update.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,21 +99,18 @@ impl AdamKernels for Flex {
         );
         let (mut p, mut m, mut v) = (owned_f32(param), owned_f32(moment_1), owned_f32(moment_2));
         let g = contiguous_f32(grad);
-        let gs = g.as_slice::<f32>().expect("contiguous f32");
+        let gs = f32_slice(&g);
         p.storage_mut::<f32>()
             .par_chunks_mut(CHUNK)
             .zip(m.storage_mut::<f32>().par_chunks_mut(CHUNK))
             .zip(v.storage_mut::<f32>().par_chunks_mut(CHUNK))
             .zip(gs.par_chunks(CHUNK))
             .for_each(|(((p, m), v), g)| update_slice(p, m, v, g, &s));
-        let back = |t: FlexTensor| {
-            if dtype == DType::F32 {
-                t
-            } else {
-                Flex::float_cast(t, dtype.into())
-            }
-        };
-        (back(p), back(m), back(v))
+        (
+            cast_back(p, dtype),
+            cast_back(m, dtype),
+            cast_back(v, dtype),
+        )
     }
 }
 

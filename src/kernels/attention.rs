@@ -33,7 +33,7 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::simd::softmax_rows;
-use super::{contiguous_f32, gemm_strided, on_cpu, wrap};
+use super::{contiguous_f32, f32_slice, gemm_strided, on_cpu, wrap};
 
 /// Attention ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -68,8 +68,8 @@ impl AttentionKernels for Flex {
         let dtype = qkv.dtype();
         let qkv = contiguous_f32(qkv);
         let s = Sizes::of(&qkv, heads, causal);
-        let out = forward_f32(slice(&qkv), &s);
-        wrap(out, [s.batch, s.len, s.dim()].into(), dtype)
+        let out = forward_f32(f32_slice(&qkv), &s);
+        wrap(out, [s.batch, s.len, s.dim()], dtype)
     }
 
     fn self_attention_backward(
@@ -81,7 +81,7 @@ impl AttentionKernels for Flex {
         let dtype = qkv.dtype();
         let (qkv, grad) = (contiguous_f32(qkv), contiguous_f32(grad));
         let s = Sizes::of(&qkv, heads, causal);
-        let dqkv = backward_f32(slice(&qkv), slice(&grad), &s);
+        let dqkv = backward_f32(f32_slice(&qkv), f32_slice(&grad), &s);
         FUSED_BACKWARDS.fetch_add(1, Ordering::Relaxed);
         wrap(dqkv, qkv.shape(), dtype)
     }
@@ -231,10 +231,6 @@ impl Sizes {
             b * self.len * d + h * self.dh,
         )
     }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
 }
 
 /// A buffer the parallel tasks write through, each task to its own (batch, head) columns.

@@ -24,10 +24,10 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Bytes, DType, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, DType, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
@@ -36,7 +36,7 @@ use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{gemm_rm, gemm_strided, on_cpu};
+use super::{f32_slice, gemm_rm, gemm_strided, on_cpu, wrap};
 
 /// Convolution ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -93,18 +93,6 @@ fn problem(
     Some((x.to_contiguous(), weight.to_contiguous(), shape))
 }
 
-fn f32_tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(data),
-        Layout::contiguous(shape.into()),
-        DType::F32,
-    )
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
-
 impl ConvKernels for Flex {
     fn conv2d_no_bias(
         x: FloatTensor<Self>,
@@ -125,9 +113,9 @@ impl ConvKernels for Flex {
             return Flex::conv2d(x, weight, None, options);
         };
         let s = Shape2d { oh, ow, ..s };
-        let y = forward_f32(slice(&x), slice(&weight), &s, &options);
+        let y = forward_f32(f32_slice(&x), f32_slice(&weight), &s, &options);
         GEMM_FORWARDS.fetch_add(1, Ordering::Relaxed);
-        f32_tensor(y, [s.batch, s.c_out, oh, ow])
+        wrap(y, [s.batch, s.c_out, oh, ow], DType::F32)
     }
 
     fn conv2d_input_grad(
@@ -143,9 +131,9 @@ impl ConvKernels for Flex {
             return Flex::conv2d_x_backward(x, weight, grad, options);
         };
         let grad = grad.to_contiguous();
-        let dx = input_grad_f32(slice(&grad), slice(&weight), &s, &options);
+        let dx = input_grad_f32(f32_slice(&grad), f32_slice(&weight), &s, &options);
         GEMM_INPUT_GRADS.fetch_add(1, Ordering::Relaxed);
-        f32_tensor(dx, [s.batch, s.c_in, s.h, s.w])
+        wrap(dx, [s.batch, s.c_in, s.h, s.w], DType::F32)
     }
 
     fn conv2d_weight_grad(
@@ -161,9 +149,9 @@ impl ConvKernels for Flex {
             return Flex::conv2d_weight_backward(x, weight, grad, options);
         };
         let grad = grad.to_contiguous();
-        let dw = weight_grad_f32(slice(&x), slice(&grad), &s, &options);
+        let dw = weight_grad_f32(f32_slice(&x), f32_slice(&grad), &s, &options);
         GEMM_WEIGHT_GRADS.fetch_add(1, Ordering::Relaxed);
-        f32_tensor(dw, weight.shape().dims::<4>())
+        wrap(dw, weight.shape().dims::<4>(), DType::F32)
     }
 }
 
@@ -433,8 +421,9 @@ fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<
                 (take(scratch, k * tile).as_mut_ptr(), tile)
             };
             // SAFETY: dst is the [k, tile] patch gradient at row stride `ld` (in `scratch`, or
-            // dx_b's columns r0 * ow.. when pointwise; neither is borrowed meanwhile), lhs is W^T (W is [c_out, k] row-major), rhs the
-            // [c_out, tile] window of G_b at column r0 * ow (row stride p).
+            // dx_b's columns r0 * ow.. when pointwise; neither is borrowed meanwhile), lhs is
+            // W^T (W is [c_out, k] row-major), rhs the [c_out, tile] window of G_b at column
+            // r0 * ow (row stride p).
             unsafe {
                 gemm_strided(
                     [k, tile, s.c_out],
@@ -524,8 +513,9 @@ fn add_patches(
 /// at most 64, its cache model otherwise), and has special paths for one output row or
 /// column and for tiny contiguous problems. The grouped forward ([`forward_grouped`]) hands
 /// it blocks of at most [`K_BLOCK`] terms, which every `kc` choice sums in one go, and avoids
-/// the special paths (more than one output channel and pixel, patches strided along `k`): `forward_is_the_same_bits_whatever_the_batch` checks it. A gradient's
-/// rounding varies with the split as any sum over the batch does.
+/// the special paths (more than one output channel and pixel, patches strided along `k`):
+/// `forward_is_the_same_bits_whatever_the_batch` checks it. A gradient's rounding varies with
+/// the split as any sum over the batch does.
 const MIN_COLUMNS: usize = 256;
 
 /// Images per GEMM: 1 for maps of at least [`MIN_COLUMNS`] pixels; otherwise enough images to

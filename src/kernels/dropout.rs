@@ -16,15 +16,14 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::ops::FloatTensorOps;
+use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Bytes, DType, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::Dropout;
-use burn::tensor::{Distribution, FloatDType, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 
 use super::simd::simd_dispatch;
-use super::{on_cpu, par_output};
+use super::{contiguous_f32, f32_slice, on_cpu, par_output, wrap};
 use std::mem::MaybeUninit;
 
 /// Dropout ops the CPU device gets from us (see the module doc).
@@ -41,12 +40,8 @@ const CHUNK: usize = 1 << 14;
 impl DropoutKernels for Flex {
     fn dropout_keyed(x: FlexTensor, prob: f64, key: u64) -> FlexTensor {
         let dtype = x.dtype();
-        let x = if dtype == DType::F32 {
-            x.to_contiguous()
-        } else {
-            Flex::float_cast(x, FloatDType::F32).to_contiguous()
-        };
-        let xs = x.as_slice::<f32>().expect("contiguous f32");
+        let x = contiguous_f32(x);
+        let xs = f32_slice(&x);
         // CHUNK divides 2^32, so no task's run of indices crosses a multiple of it.
         let threshold = keep_threshold(prob);
         let scale = (1.0 / (1.0 - prob)) as f32;
@@ -61,16 +56,7 @@ impl DropoutKernels for Flex {
                 scale,
             )
         });
-        let out = FlexTensor::new(
-            Bytes::from_elems(out),
-            Layout::contiguous(x.shape()),
-            DType::F32,
-        );
-        if dtype == DType::F32 {
-            out
-        } else {
-            Flex::float_cast(out, dtype.into())
-        }
+        wrap(out, x.shape(), dtype)
     }
 }
 

@@ -41,19 +41,29 @@ fn contiguous_f32(t: FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
-/// A kernel's output `data` as a contiguous tensor of `shape`, cast back to `dtype` (the
-/// input's).
-fn wrap(data: Vec<f32>, shape: Shape, dtype: DType) -> FlexTensor {
-    let t = FlexTensor::new(
-        Bytes::from_elems(data),
-        Layout::contiguous(shape),
-        DType::F32,
-    );
+/// The elements of a contiguous f32 tensor (as [`contiguous_f32`] makes them).
+fn f32_slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
+/// An f32 kernel result `t` cast back to `dtype` (the input's).
+fn cast_back(t: FlexTensor, dtype: DType) -> FlexTensor {
     if dtype == DType::F32 {
         t
     } else {
         Flex::float_cast(t, dtype.into())
     }
+}
+
+/// A kernel's output `data` as a contiguous tensor of `shape`, cast back to `dtype` (the
+/// input's; `DType::F32` keeps it as it is).
+fn wrap(data: Vec<f32>, shape: impl Into<Shape>, dtype: DType) -> FlexTensor {
+    let t = FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape.into()),
+        DType::F32,
+    );
+    cast_back(t, dtype)
 }
 
 /// An elementwise kernel's output of `n` floats, written chunk by chunk in parallel by

@@ -23,16 +23,16 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Bytes, DType, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Backend, DType, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::Tensor;
 use burn::tensor::module::{avg_pool2d as burn_avg_pool2d, max_pool2d as burn_max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
 use rayon::prelude::*;
 
-use super::on_cpu;
 use super::simd::simd_dispatch;
+use super::{on_cpu, wrap};
 
 /// One pooling problem's options, symmetric padding, no dilation, floor mode.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -109,14 +109,6 @@ fn out_size(size: usize, k: usize, s: usize, p: usize) -> Option<usize> {
 /// Output elements per parallel task (whole planes).
 const TASK_FLOATS: usize = 1 << 14;
 
-fn f32_tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(data),
-        Layout::contiguous(shape.into()),
-        DType::F32,
-    )
-}
-
 /// Runs `f(first_plane, out_planes)` over `out` in tasks of whole `plane`-sized planes.
 fn per_planes(out: &mut [f32], plane: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let planes_per_task = (TASK_FLOATS / plane.max(1)).max(1);
@@ -144,7 +136,7 @@ impl PoolKernels for Flex {
                 pool_plane(xp, op, &mut rows, &mut full, [w, ow], &ah, &aw, &spec);
             }
         });
-        f32_tensor(out, [n, c, oh, ow])
+        wrap(out, [n, c, oh, ow], DType::F32)
     }
 
     fn max_pool2d_grad(x: FlexTensor, grad: FlexTensor, spec: PoolSpec) -> FlexTensor {
@@ -170,7 +162,7 @@ impl PoolKernels for Flex {
                 }
             }
         });
-        f32_tensor(dx, [n, c, h, w])
+        wrap(dx, [n, c, h, w], DType::F32)
     }
 
     fn avg_pool2d_grad(grad: FlexTensor, [n, c, h, w]: [usize; 4], spec: PoolSpec) -> FlexTensor {
@@ -195,7 +187,7 @@ impl PoolKernels for Flex {
                 }
             }
         });
-        f32_tensor(dx, [n, c, h, w])
+        wrap(dx, [n, c, h, w], DType::F32)
     }
 }
 

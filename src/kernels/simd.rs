@@ -87,7 +87,7 @@ pub(super) fn exp(x: f32) -> f32 {
     // 2^n from t's bits: t = 1.5 * 2^23 + n exactly, so its mantissa holds n. Integer lane
     // operations only: `n as i32` (Rust's saturating cast) compiled to a compare and a scalar
     // insert per lane and kept the whole function off the vector unit (measured: the softmax
-    // and the GELU backward ~4x slower).
+    // 13.1% -> 4.7% and the GELU backward 5.7% -> 3.4% of a tiny MaskGIT step without it).
     let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
     p * f32::from_bits(biased << 23)
 }
