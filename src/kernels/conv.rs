@@ -30,12 +30,15 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DType, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Shape, Slice, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::scratch::Scratch;
+use super::simd::simd_dispatch;
 use super::{f32_slice, gemm_rm, gemm_strided, on_cpu, wrap};
 
 /// Convolution ops the CPU device gets from us (see the module doc).
@@ -48,6 +51,21 @@ pub trait ConvKernels: Backend {
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
+
+    /// `conv2d(x, weight) + bias` with ReLU on its first `relu_channels` channels: the layer
+    /// of an inference network (batch norm folded into `weight` and `bias`) as one op. The
+    /// default composes burn's ops; the CPU device applies bias and ReLU to each tile of the
+    /// output as the GEMM leaves it.
+    fn conv2d_bias_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        relu_channels: usize,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let y = Self::conv2d_no_bias(x, weight, options);
+        add_bias_relu::<Self>(y, bias, relu_channels)
+    }
 
     /// The gradient of `conv2d(x, weight)` with respect to `x`, given the output's gradient
     /// `grad`. Defaults to burn's generic computation.
@@ -72,6 +90,29 @@ pub trait ConvKernels: Backend {
     }
 }
 
+/// `y + bias` (one per channel of `[N, C, H, W]` `y`) with ReLU on the first `relu_channels`
+/// channels, in burn's ops.
+fn add_bias_relu<B: Backend>(
+    y: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    relu_channels: usize,
+) -> FloatTensor<B> {
+    let c = bias.shape()[0];
+    let y = B::float_add(y, B::float_reshape(bias, Shape::new([1, c, 1, 1])));
+    let [n, _, h, w] = y.shape().dims::<4>();
+    match relu_channels.min(c) {
+        0 => y,
+        r if r == c => B::relu(y),
+        r => {
+            let part = |from: usize, to: usize| {
+                let range = [0..n, from..to, 0..h, 0..w].map(Slice::from);
+                B::float_slice(y.clone(), &range)
+            };
+            B::float_cat(vec![B::relu(part(0, r)), part(r, c)], 1)
+        }
+    }
+}
+
 /// Convolution passes computed by our kernels (so a test can tell that the ops were routed to
 /// them): forward, input gradient, weight gradient.
 static GEMM_FORWARDS: AtomicUsize = AtomicUsize::new(0);
@@ -93,27 +134,74 @@ fn problem(
     Some((x.to_contiguous(), weight.to_contiguous(), shape))
 }
 
+/// The output size of a forward convolution, `None` where the kernel does not fit.
+fn output_size(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<[usize; 2]> {
+    let [h, w] = [x.shape()[2], x.shape()[3]];
+    let [kh, kw] = [weight.shape()[2], weight.shape()[3]];
+    let [oh, ow] = [0, 1].map(|d| {
+        let (size, k) = ([h, w][d], [kh, kw][d]);
+        let padded = size + options.padding[d].0 + options.padding[d].1;
+        let span = options.dilation[d] * (k - 1) + 1;
+        padded.checked_sub(span).map(|v| v / options.stride[d] + 1)
+    });
+    Some([oh?, ow?])
+}
+
 impl ConvKernels for Flex {
     fn conv2d_no_bias(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        let [h, w] = [x.shape()[2], x.shape()[3]];
-        let [kh, kw] = [weight.shape()[2], weight.shape()[3]];
-        let out = [0, 1].map(|d| {
-            let (size, k) = ([h, w][d], [kh, kw][d]);
-            let padded = size + options.padding[d].0 + options.padding[d].1;
-            let span = options.dilation[d] * (k - 1) + 1;
-            padded.checked_sub(span).map(|v| v / options.stride[d] + 1)
-        });
-        let ([Some(oh), Some(ow)], Some((x, weight, s))) =
-            (out, problem(&x, &weight, [1, 1], &options))
-        else {
+        let (Some([oh, ow]), Some((x, weight, s))) = (
+            output_size(&x, &weight, &options),
+            problem(&x, &weight, [1, 1], &options),
+        ) else {
             return Flex::conv2d(x, weight, None, options);
         };
         let s = Shape2d { oh, ow, ..s };
-        let y = forward_f32(f32_slice(&x), f32_slice(&weight), &s, &options);
+        let y = forward_f32(
+            f32_slice(&x),
+            f32_slice(&weight),
+            &s,
+            &options,
+            &Epilogue::NONE,
+        );
+        GEMM_FORWARDS.fetch_add(1, Ordering::Relaxed);
+        wrap(y, [s.batch, s.c_out, oh, ow], DType::F32)
+    }
+
+    fn conv2d_bias_relu(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        relu_channels: usize,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        let (Some([oh, ow]), Some((x, weight, s)), DType::F32) = (
+            output_size(&x, &weight, &options),
+            problem(&x, &weight, [1, 1], &options),
+            bias.dtype(),
+        ) else {
+            let y = Flex::conv2d(x, weight, None, options);
+            return add_bias_relu::<Flex>(y, bias, relu_channels);
+        };
+        let s = Shape2d { oh, ow, ..s };
+        let bias = bias.to_contiguous();
+        assert_eq!(
+            bias.shape().num_elements(),
+            s.c_out,
+            "one bias per output channel"
+        );
+        let epilogue = Epilogue {
+            bias: Some(f32_slice(&bias)),
+            relu_channels: relu_channels.min(s.c_out),
+        };
+        let y = forward_f32(f32_slice(&x), f32_slice(&weight), &s, &options, &epilogue);
         GEMM_FORWARDS.fetch_add(1, Ordering::Relaxed);
         wrap(y, [s.batch, s.c_out, oh, ow], DType::F32)
     }
@@ -259,6 +347,85 @@ pub fn conv2d_with(
     }
 }
 
+/// `conv2d(x, weight) + bias` with ReLU on the output's first `relu_channels` channels (all
+/// of them: `usize::MAX`), for inference: one op on the CPU device (bias and ReLU applied to
+/// each tile of the output as the GEMM leaves it, see [`ConvKernels::conv2d_bias_relu`]),
+/// burn's ops elsewhere.
+pub fn conv2d_bias_relu(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    relu_channels: usize,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    if on_cpu(&x.device()) {
+        return Tensor::from_dispatch(<Dispatch as ConvKernels>::conv2d_bias_relu(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            relu_channels,
+            options,
+        ));
+    }
+    let y = burn_conv2d(x, weight, Some(bias), options);
+    let c = y.dims()[1];
+    match relu_channels.min(c) {
+        0 => y,
+        r if r == c => relu(y),
+        r => Tensor::cat(
+            vec![relu(y.clone().narrow(1, 0, r)), y.narrow(1, r, c - r)],
+            1,
+        ),
+    }
+}
+
+/// What the forward does to its output besides the convolution: add a bias per output
+/// channel, then ReLU on the first `relu_channels` channels.
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    relu_channels: usize,
+}
+
+impl Epilogue<'_> {
+    const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        relu_channels: 0,
+    };
+
+    fn is_none(&self) -> bool {
+        self.bias.is_none() && self.relu_channels == 0
+    }
+
+    /// Applies to `row`, values of output channel `co`.
+    #[inline]
+    fn apply(&self, co: usize, row: &mut [f32]) {
+        if self.is_none() {
+            return;
+        }
+        let b = self.bias.map_or(0.0, |b| b[co]);
+        finish_row(row, b, co < self.relu_channels);
+    }
+}
+
+simd_dispatch! {
+    /// `v = v + b`, then `v = max(v, 0)` with `relu` (NaN stays NaN, as in burn's ReLU).
+    fn finish_row(row: &mut [f32], b: f32, relu: bool) => finish_row_generic
+}
+
+#[inline(always)]
+fn finish_row_generic(row: &mut [f32], b: f32, relu: bool) {
+    if relu {
+        for v in row {
+            let t = *v + b;
+            *v = if t < 0.0 { 0.0 } else { t };
+        }
+    } else {
+        for v in row {
+            *v += b;
+        }
+    }
+}
+
 /// Sizes of one convolution problem.
 struct Shape2d {
     batch: usize,
@@ -313,34 +480,16 @@ fn gemm_parallelism(mnk: usize, batch_parallel: bool) -> gemm::Parallelism {
     }
 }
 
-/// Runs `f(b, out_b, scratch)` for each batch element's `chunk`-sized slice of `out`, in
-/// parallel across elements or in turn (see [`batch_parallel`]). `scratch` is a buffer each
-/// worker keeps from one element to the next (contents unspecified), so that patch buffers are
-/// neither allocated nor zeroed per image.
-fn per_batch(
-    out: &mut [f32],
-    chunk: usize,
-    parallel: bool,
-    f: impl Fn(usize, &mut [f32], &mut Vec<f32>) + Sync,
-) {
+/// Runs `f(b, out_b)` for each batch element's `chunk`-sized slice of `out`, in parallel
+/// across elements or in turn (see [`batch_parallel`]).
+fn per_batch(out: &mut [f32], chunk: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) {
     if parallel {
         out.par_chunks_mut(chunk)
             .enumerate()
-            .for_each_init(Vec::new, |scratch, (b, o)| f(b, o, scratch));
+            .for_each(|(b, o)| f(b, o));
     } else {
-        let mut scratch = Vec::new();
-        out.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(b, o)| f(b, o, &mut scratch));
+        out.chunks_mut(chunk).enumerate().for_each(|(b, o)| f(b, o));
     }
-}
-
-/// The first `n` floats of `scratch`, grown (with zeros) if shorter.
-fn take(scratch: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if scratch.len() < n {
-        scratch.resize(n, 0.0);
-    }
-    &mut scratch[..n]
 }
 
 /// Whether the convolution is pointwise (1x1, stride 1, no padding): its patches are the
@@ -352,9 +501,15 @@ fn pointwise(s: &Shape2d, o: &ConvOptions<2>) -> bool {
 /// `y = conv(x, w)` (no bias) for contiguous NCHW `x` and `w` (groups = 1): per batch element
 /// and tile of output rows, `Y_b[co, tile] = W[co, (ci, kh, kw)] . patches[(ci, kh, kw), tile]`,
 /// written straight into the NCHW output.
-fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+fn forward_f32(
+    x: &[f32],
+    w: &[f32],
+    s: &Shape2d,
+    o: &ConvOptions<2>,
+    epilogue: &Epilogue,
+) -> Vec<f32> {
     if images_per_group(s) > 1 && s.oh * s.ow > 1 && s.c_out > 1 {
-        return forward_grouped(x, w, s, o);
+        return forward_grouped(x, w, s, o, epilogue);
     }
     let k = s.c_in * s.kh * s.kw;
     let p = s.oh * s.ow;
@@ -362,8 +517,9 @@ fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32
     let rows = rows_per_tile(s);
     let parallel = batch_parallel(s);
     let direct = pointwise(s, o);
-    per_batch(&mut y, s.c_out * p, parallel, |b, yb, scratch| {
+    per_batch(&mut y, s.c_out * p, parallel, |b, yb| {
         let xb = &x[b * s.c_in * s.h * s.w..(b + 1) * s.c_in * s.h * s.w];
+        let mut scratch = Scratch::take(if direct { 0 } else { k * rows * s.ow });
         for r0 in (0..s.oh).step_by(rows) {
             let nr = rows.min(s.oh - r0);
             let tile = nr * s.ow;
@@ -371,7 +527,7 @@ fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32
             let (patches, ld) = if direct {
                 (&xb[r0 * s.ow..], p)
             } else {
-                let patches = take(scratch, k * tile);
+                let patches = &mut scratch[..k * tile];
                 fill_patches(patches, tile, xb, s, o, r0, nr, !parallel);
                 (&*patches, tile)
             };
@@ -391,6 +547,16 @@ fn forward_f32(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32
                     gemm_parallelism(s.c_out * k * tile, parallel),
                 );
             }
+            if !epilogue.is_none() {
+                let finish = |(co, row): (usize, &mut [f32])| {
+                    epilogue.apply(co, &mut row[r0 * s.ow..][..tile])
+                };
+                if parallel {
+                    yb.chunks_mut(p).enumerate().for_each(finish);
+                } else {
+                    yb.par_chunks_mut(p).enumerate().for_each(finish);
+                }
+            }
         }
     });
     y
@@ -409,8 +575,9 @@ fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<
     let rows = rows_per_tile(s);
     let parallel = batch_parallel(s);
     let direct = pointwise(s, o);
-    per_batch(&mut dx, s.c_in * s.h * s.w, parallel, |b, dxb, scratch| {
+    per_batch(&mut dx, s.c_in * s.h * s.w, parallel, |b, dxb| {
         let gb = &g[b * s.c_out * p..(b + 1) * s.c_out * p];
+        let mut scratch = Scratch::take(if direct { 0 } else { k * rows * s.ow });
         for r0 in (0..s.oh).step_by(rows) {
             let nr = rows.min(s.oh - r0);
             let tile = nr * s.ow;
@@ -418,7 +585,7 @@ fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<
             let (dpatches, ld) = if direct {
                 (dxb[r0 * s.ow..].as_mut_ptr(), p)
             } else {
-                (take(scratch, k * tile).as_mut_ptr(), tile)
+                (scratch.as_mut_ptr(), tile)
             };
             // SAFETY: dst is the [k, tile] patch gradient at row stride `ld` (in `scratch`, or
             // dx_b's columns r0 * ow.. when pointwise; neither is borrowed meanwhile), lhs is
@@ -535,9 +702,9 @@ fn images_per_group(s: &Shape2d) -> usize {
 
 /// Patches `[k, n * p]` of the `n` images of `x` (their whole maps), image `i` in columns
 /// `i * p..(i + 1) * p`.
-fn group_patches(x: &[f32], n: usize, s: &Shape2d, o: &ConvOptions<2>, parallel: bool) -> Vec<f32> {
+fn group_patches(x: &[f32], n: usize, s: &Shape2d, o: &ConvOptions<2>, parallel: bool) -> Scratch {
     let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
-    let mut patches = vec![0.0f32; k * n * p];
+    let mut patches = Scratch::take(k * n * p);
     for (i, xb) in x.chunks(plane).take(n).enumerate() {
         fill_patches(&mut patches[i * p..], n * p, xb, s, o, 0, s.oh, parallel);
     }
@@ -546,8 +713,8 @@ fn group_patches(x: &[f32], n: usize, s: &Shape2d, o: &ConvOptions<2>, parallel:
 
 /// `[rows, n * p]` from `n` consecutive images `[rows, p]`: image `i` in columns
 /// `i * p..(i + 1) * p`.
-fn side_by_side(images: &[f32], n: usize, rows: usize, p: usize) -> Vec<f32> {
-    let mut grouped = vec![0.0f32; rows * n * p];
+fn side_by_side(images: &[f32], n: usize, rows: usize, p: usize) -> Scratch {
+    let mut grouped = Scratch::take(rows * n * p);
     for (i, image) in images.chunks(rows * p).take(n).enumerate() {
         for (r, row) in image.chunks(p).enumerate() {
             grouped[r * n * p + i * p..][..p].copy_from_slice(row);
@@ -598,13 +765,19 @@ fn for_groups(
 /// then each image's `[c_out, p]` copied out. Per image, a 4x4 map's 16 pixels filled one
 /// vector of the `gemm` crate's microkernel, its narrowest (measured: 13.6% of a tiny phase-1
 /// step, from VGG-16's and the tokenizer's 4x4 and 2x2 maps).
-fn forward_grouped(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+fn forward_grouped(
+    x: &[f32],
+    w: &[f32],
+    s: &Shape2d,
+    o: &ConvOptions<2>,
+    epilogue: &Epilogue,
+) -> Vec<f32> {
     let (k, p, plane) = (s.c_in * s.kh * s.kw, s.oh * s.ow, s.c_in * s.h * s.w);
     let mut y = vec![0.0f32; s.batch * s.c_out * p];
     for_groups(&mut y, s.c_out * p, s, |(b0, n), yg, parallel| {
         let patches = group_patches(&x[b0 * plane..], n, s, o, !parallel);
         let cols = n * p;
-        let mut grouped = vec![0.0f32; s.c_out * cols];
+        let mut grouped = Scratch::take(s.c_out * cols);
         let parallelism = gemm_parallelism(s.c_out * cols * k, parallel);
         for k0 in (0..k).step_by(K_BLOCK) {
             let kb = K_BLOCK.min(k - k0);
@@ -629,6 +802,7 @@ fn forward_grouped(x: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
         for (i, yi) in yg.chunks_mut(s.c_out * p).enumerate() {
             for (co, row) in yi.chunks_mut(p).enumerate() {
                 row.copy_from_slice(&grouped[co * cols + i * p..][..p]);
+                epilogue.apply(co, row);
             }
         }
     });
@@ -641,7 +815,7 @@ fn input_grad_grouped(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> 
     let mut dx = vec![0.0f32; s.batch * plane];
     for_groups(&mut dx, plane, s, |(b0, n), dxg, parallel| {
         let gg = side_by_side(&g[b0 * s.c_out * p..], n, s.c_out, p);
-        let mut dpatches = vec![0.0f32; k * n * p];
+        let mut dpatches = Scratch::take(k * n * p);
         gemm_rm(
             [k, n * p, s.c_out],
             &mut dpatches,
@@ -694,7 +868,7 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
     let mut dw = vec![0.0f32; s.c_out * k];
     let rows = rows_per_tile(s);
     let direct = pointwise(s, o);
-    let mut scratch = Vec::new();
+    let mut scratch = Scratch::take(if direct { 0 } else { k * rows * s.ow });
     for b in 0..s.batch {
         let xb = &x[b * s.c_in * s.h * s.w..(b + 1) * s.c_in * s.h * s.w];
         let gb = &g[b * s.c_out * p..(b + 1) * s.c_out * p];
@@ -704,7 +878,7 @@ fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec
             let (patches, ld) = if direct {
                 (&xb[r0 * s.ow..], p)
             } else {
-                let patches = take(&mut scratch, k * tile);
+                let patches = &mut scratch[..k * tile];
                 fill_patches(patches, tile, xb, s, o, r0, nr, true);
                 (&*patches, tile)
             };
@@ -801,6 +975,66 @@ mod tests {
     /// shapes, strides, paddings and dilations the models use (and an asymmetric padding), on
     /// every path: one GEMM per image or per group of images (small maps), batch elements or
     /// groups in turn or in parallel.
+    /// The fused inference layer against burn's conv, bias add and ReLU, with ReLU on no, some
+    /// and all channels, on every forward path (per image in turn and in parallel, pointwise,
+    /// grouped small maps), on the CPU device and through its autodiff wrapper (the composed
+    /// default).
+    #[test]
+    fn bias_relu_matches_burn_ops() {
+        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 4] = [
+            (
+                [1, 3, 17, 16],
+                [6, 3, 3, 3],
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
+            (
+                [3, 4, 16, 17],
+                [5, 4, 1, 1],
+                ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+            ),
+            (
+                [4, 3, 40, 36],
+                [7, 3, 3, 3],
+                ConvOptions::new([2, 2], [0, 0], [1, 1], 1),
+            ),
+            (
+                [5, 3, 6, 5],
+                [4, 3, 3, 3],
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
+        ];
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            for (xs, ws, options) in cases.clone() {
+                let x = Tensor::<4>::random(xs, Distribution::Normal(0.0, 1.0), &device);
+                let w = Tensor::<4>::random(ws, Distribution::Normal(0.0, 0.5), &device);
+                let b = Tensor::<1>::random([ws[0]], Distribution::Normal(0.0, 1.0), &device);
+                let y = reference(x.clone(), w.clone(), Some(b.clone()), options.clone());
+                let c = ws[0];
+                for relu_channels in [0, 2, c, usize::MAX] {
+                    let r = relu_channels.min(c);
+                    let mut parts = Vec::new();
+                    if r > 0 {
+                        parts.push(relu(y.clone().narrow(1, 0, r)));
+                    }
+                    if r < c {
+                        parts.push(y.clone().narrow(1, r, c - r));
+                    }
+                    let expected = Tensor::cat(parts, 1);
+                    let ours = conv2d_bias_relu(
+                        x.clone(),
+                        w.clone(),
+                        b.clone(),
+                        relu_channels,
+                        options.clone(),
+                    );
+                    assert_eq!(ours.dims(), expected.dims());
+                    let diff: f32 = (ours - expected).abs().max().into_scalar();
+                    assert!(diff < 1e-5, "{xs:?} {ws:?} relu {relu_channels}: {diff}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn gradients_match_burn_conv2d() {
         let device = Device::flex().autodiff();

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod pool;
+mod scratch;
 mod simd;
 
 use burn::backend::flex::{FlexTensor, Layout};
@@ -19,7 +20,7 @@ use std::mem::MaybeUninit;
 pub use activation::{gelu, silu};
 pub use adam::{FusedAdam, FusedAdamW};
 pub use attention::{merge_heads, self_attention, split_heads};
-pub use conv::{conv_options, conv2d, conv2d_with};
+pub use conv::{conv_options, conv2d, conv2d_bias_relu, conv2d_with};
 pub use dropout::dropout;
 pub use pool::{avg_pool2d, max_pool2d};
 
