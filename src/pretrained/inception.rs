@@ -127,17 +127,30 @@ impl ConvBn {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(kernels::conv2d_with(
+        self.forward_relu(x, usize::MAX)
+    }
+
+    /// The conv with ReLU on its first `relu_channels` output channels only.
+    fn forward_relu(&self, x: Tensor<4>, relu_channels: usize) -> Tensor<4> {
+        kernels::conv2d_bias_relu(
             x,
             self.weight.clone(),
-            Some(self.bias.clone()),
+            self.bias.clone(),
+            relu_channels,
             self.options.clone(),
-        ))
+        )
+    }
+
+    /// A 1x1 conv at stride 1 without padding (reads each input pixel alone).
+    fn is_pointwise(&self) -> bool {
+        let [_, _, kh, kw] = self.weight.dims();
+        let o = &self.options;
+        kh == 1 && kw == 1 && o.stride == [1, 1] && o.padding == [(0, 0), (0, 0)]
     }
 }
 
 /// A pooling step at the head of a branch.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Pool {
     /// 3x3, stride 1, padding 1, padding not counted.
     Avg3,
@@ -169,16 +182,47 @@ fn pool(x: Tensor<4>, p: Pool) -> Tensor<4> {
 /// One branch of a block: an optional pool, a chain of convs, and optionally two parallel
 /// convs on the chain's output whose results are concatenated (the split towers of Mixed_7b/c).
 struct Branch {
-    pool: Option<Pool>,
+    input: Input,
     chain: Vec<ConvBn>,
     split: Option<[ConvBn; 2]>,
 }
 
+/// What a branch's chain reads.
+#[derive(Clone, Copy)]
+enum Input {
+    /// The block's input, through the pool when there is one.
+    Block(Option<Pool>),
+    /// `channels` channels of the block's head from channel `at` (its first 1x1 conv, merged
+    /// into the head); `pooled`: the branch's 3x3 average pool, moved behind the conv, then its
+    /// ReLU.
+    Head {
+        at: usize,
+        channels: usize,
+        pooled: bool,
+    },
+}
+
 impl Branch {
-    fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut h = match self.pool {
-            Some(p) => pool(x, p),
-            None => x,
+    fn forward(&self, x: &Tensor<4>, head: Option<&Tensor<4>>) -> Vec<Tensor<4>> {
+        let mut h = match (self.input, head) {
+            (Input::Block(Some(p)), _) => pool(x.clone(), p),
+            (Input::Block(None), _) => x.clone(),
+            (
+                Input::Head {
+                    at,
+                    channels,
+                    pooled,
+                },
+                Some(head),
+            ) => {
+                let part = head.clone().narrow(1, at, channels);
+                if pooled {
+                    relu(pool(part, Pool::Avg3))
+                } else {
+                    part
+                }
+            }
+            (Input::Head { .. }, None) => unreachable!("a block with head branches has a head"),
         };
         for c in &self.chain {
             h = c.forward(h);
@@ -228,18 +272,86 @@ fn chain(
 }
 
 /// A block: branches whose outputs are concatenated along channels.
+///
+/// The branches' leading 1x1 convs all read the block's input, so they run as one conv, the
+/// block's head (one GEMM over the input instead of up to four, each packing the whole input
+/// map). A 3x3 average pool (padding not counted) in front of a branch's 1x1 conv commutes with
+/// it (both are linear and the pool's weights sum to 1, so the bias passes through too): the
+/// head computes that branch's conv on the unpooled input, without ReLU, and the pool runs on
+/// its output, 32-192 channels instead of the block's 192-1280.
 struct Block {
+    /// The merged 1x1 convs and how many leading channels take ReLU (the rest belong to the
+    /// pooled branch).
+    head: Option<(ConvBn, usize)>,
     branches: Vec<Branch>,
 }
 
 impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let head = self
+            .head
+            .as_ref()
+            .map(|(conv, relu_channels)| conv.forward_relu(x.clone(), *relu_channels));
         let outs: Vec<Tensor<4>> = self
             .branches
             .iter()
-            .flat_map(|b| b.forward(x.clone()))
+            .flat_map(|b| b.forward(&x, head.as_ref()))
             .collect();
         Tensor::cat(outs, 1)
+    }
+
+    /// Merges the leading 1x1 convs of `branches` into a head (see [`Block`]): branches without
+    /// a pool first (ReLU), then the one behind an average pool.
+    fn new(mut branches: Vec<Branch>) -> Self {
+        let leads = |b: &Branch, want: Option<Pool>| {
+            matches!(b.input, Input::Block(p) if p == want)
+                && b.chain.first().is_some_and(ConvBn::is_pointwise)
+        };
+        let plain: Vec<usize> = (0..branches.len())
+            .filter(|&i| leads(&branches[i], None))
+            .collect();
+        let pooled: Vec<usize> = (0..branches.len())
+            .filter(|&i| leads(&branches[i], Some(Pool::Avg3)))
+            .collect();
+        if plain.len() + pooled.len() < 2 {
+            return Self {
+                head: None,
+                branches,
+            };
+        }
+        let (mut weights, mut biases, mut at) = (Vec::new(), Vec::new(), 0);
+        for (&i, is_pooled) in plain
+            .iter()
+            .map(|i| (i, false))
+            .chain(pooled.iter().map(|i| (i, true)))
+        {
+            let conv = branches[i].chain.remove(0);
+            let channels = conv.weight.dims()[0];
+            branches[i].input = Input::Head {
+                at,
+                channels,
+                pooled: is_pooled,
+            };
+            at += channels;
+            weights.push(conv.weight);
+            biases.push(conv.bias);
+        }
+        let relu_channels: usize = plain
+            .iter()
+            .map(|&i| match branches[i].input {
+                Input::Head { channels, .. } => channels,
+                Input::Block(_) => 0,
+            })
+            .sum();
+        let head = ConvBn {
+            weight: Tensor::cat(weights, 0),
+            bias: Tensor::cat(biases, 0),
+            options: ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        };
+        Self {
+            head: Some((head, relu_channels)),
+            branches,
+        }
     }
 }
 
@@ -299,12 +411,12 @@ fn block(
             }
         };
         branches.push(Branch {
-            pool: s.pool,
+            input: Input::Block(s.pool),
             chain: chain_convs,
             split,
         });
     }
-    Ok((Block { branches }, cout))
+    Ok((Block::new(branches), cout))
 }
 
 /// Mixed_5b/c/d (`FIDInceptionA`); `pool_features` = 32, 64, 64.
@@ -437,13 +549,15 @@ impl FidInception {
         let blocks: usize = self
             .blocks
             .iter()
-            .flat_map(|b| &b.branches)
-            .map(|b| {
-                b.chain
+            .map(|block| {
+                let head = block.head.as_ref().map_or(0, |(c, _)| conv(c));
+                let branches: usize = block
+                    .branches
                     .iter()
-                    .chain(b.split.iter().flatten())
+                    .flat_map(|b| b.chain.iter().chain(b.split.iter().flatten()))
                     .map(conv)
-                    .sum::<usize>()
+                    .sum();
+                head + branches
             })
             .sum();
         stem + blocks
