@@ -87,15 +87,16 @@ impl Block {
 
     /// The packed projection `[B, L, 3D]` of `x` `[B, L, D]`: per position `[3, heads, dh]`.
     fn qkv(&self, x: Tensor<3>) -> Tensor<3> {
-        self.qkv.forward(self.norm1.forward(x))
+        kernels::linear(&self.qkv, self.norm1.forward(x))
     }
 
     /// Residual update from attention output `[B, L, D]` (heads side by side), then the MLP.
     fn finish(&self, x: Tensor<3>, att: Tensor<3>) -> Tensor<3> {
-        let x = x + kernels::dropout(&self.drop, self.proj.forward(att));
-        let h = self.fc2.forward(kernels::gelu(
-            self.fc1.forward(self.norm2.forward(x.clone())),
-        ));
+        let x = x + kernels::dropout(&self.drop, kernels::linear(&self.proj, att));
+        let h = kernels::linear(
+            &self.fc2,
+            kernels::gelu(kernels::linear(&self.fc1, self.norm2.forward(x.clone()))),
+        );
         x + kernels::dropout(&self.drop, h)
     }
 
@@ -185,7 +186,7 @@ impl Transformer {
             x = block.forward_cached(x, layer);
         }
         cache.len += 1;
-        let logits = self.head.forward(self.norm.forward(x));
+        let logits = kernels::linear(&self.head, self.norm.forward(x));
         let k = logits.dims()[2];
         logits.reshape([b, k])
     }
@@ -198,6 +199,6 @@ impl Transformer {
         for block in &self.blocks {
             x = block.forward(x, self.causal);
         }
-        self.head.forward(self.norm.forward(x))
+        kernels::linear(&self.head, self.norm.forward(x))
     }
 }
