@@ -121,8 +121,8 @@ impl WindowAttention {
         let t = self.norm.forward(partition(x.clone(), win, self.dilated));
         // [G, N, 3C] (per token [3, heads, dh]) -> [G, N, C]; one differentiable op on the
         // CPU device (src/kernels/attention.rs).
-        let out = kernels::self_attention(self.qkv.forward(t), self.heads, false);
-        let out = self.proj.forward(out);
+        let out = kernels::self_attention(kernels::linear(&self.qkv, t), self.heads, false);
+        let out = kernels::linear(&self.proj, out);
         x + merge(out, dims, win, self.dilated)
     }
 }
