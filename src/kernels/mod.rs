@@ -7,6 +7,7 @@ pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod linear;
+pub mod norm;
 pub mod pool;
 mod scratch;
 mod simd;
@@ -24,6 +25,7 @@ pub use attention::{merge_heads, self_attention, split_heads};
 pub use conv::{conv_options, conv2d, conv2d_bias_relu, conv2d_with};
 pub use dropout::dropout;
 pub use linear::linear;
+pub use norm::layer_norm;
 pub use pool::{avg_pool2d, max_pool2d};
 
 /// Whether `device` (autodiff or not) is the CPU (Flex) device, the one these kernels serve.

@@ -97,7 +97,9 @@ impl WindowAttention {
             .find(|h| channels.is_multiple_of(*h))
             .unwrap_or(1);
         Self {
-            norm: LayerNormConfig::new(channels).init(device),
+            norm: LayerNormConfig::new(channels)
+                .with_epsilon(kernels::norm::EPSILON)
+                .init(device),
             qkv: LinearConfig::new(channels, 3 * channels).init(device),
             proj: LinearConfig::new(channels, channels)
                 .with_initializer(Initializer::Zeros)
@@ -118,7 +120,11 @@ impl WindowAttention {
         let dims = x.dims();
         let [_, _, h, w] = dims;
         let win = [window_side(h, self.window), window_side(w, self.window)];
-        let t = self.norm.forward(partition(x.clone(), win, self.dilated));
+        let t = kernels::layer_norm(
+            &self.norm,
+            partition(x.clone(), win, self.dilated),
+            kernels::norm::EPSILON,
+        );
         // [G, N, 3C] (per token [3, heads, dh]) -> [G, N, C]; one differentiable op on the
         // CPU device (src/kernels/attention.rs).
         let out = kernels::self_attention(kernels::linear(&self.qkv, t), self.heads, false);

@@ -17,6 +17,11 @@ use crate::kernels;
 /// Std of the normal init of every weight matrix and embedding (GPT-2 / MaskGIT).
 const INIT_STD: f64 = 0.02;
 
+/// `n.forward(x)` for the model's LayerNorms, one op on the CPU device.
+fn norm(n: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
+    kernels::layer_norm(n, x, kernels::norm::EPSILON)
+}
+
 fn linear(din: usize, dout: usize, device: &Device) -> Linear {
     LinearConfig::new(din, dout)
         .with_initializer(Initializer::Normal {
@@ -74,10 +79,14 @@ pub struct Block {
 impl Block {
     fn new(c: &TransformerModelConfig, device: &Device) -> Self {
         Self {
-            norm1: LayerNormConfig::new(c.dim).init(device),
+            norm1: LayerNormConfig::new(c.dim)
+                .with_epsilon(kernels::norm::EPSILON)
+                .init(device),
             qkv: linear(c.dim, 3 * c.dim, device),
             proj: linear(c.dim, c.dim, device),
-            norm2: LayerNormConfig::new(c.dim).init(device),
+            norm2: LayerNormConfig::new(c.dim)
+                .with_epsilon(kernels::norm::EPSILON)
+                .init(device),
             fc1: linear(c.dim, c.mlp, device),
             fc2: linear(c.mlp, c.dim, device),
             drop: DropoutConfig::new(c.dropout).init(),
@@ -87,7 +96,7 @@ impl Block {
 
     /// The packed projection `[B, L, 3D]` of `x` `[B, L, D]`: per position `[3, heads, dh]`.
     fn qkv(&self, x: Tensor<3>) -> Tensor<3> {
-        kernels::linear(&self.qkv, self.norm1.forward(x))
+        kernels::linear(&self.qkv, norm(&self.norm1, x))
     }
 
     /// Residual update from attention output `[B, L, D]` (heads side by side), then the MLP.
@@ -95,7 +104,7 @@ impl Block {
         let x = x + kernels::dropout(&self.drop, kernels::linear(&self.proj, att));
         let h = kernels::linear(
             &self.fc2,
-            kernels::gelu(kernels::linear(&self.fc1, self.norm2.forward(x.clone()))),
+            kernels::gelu(kernels::linear(&self.fc1, norm(&self.norm2, x.clone()))),
         );
         x + kernels::dropout(&self.drop, h)
     }
@@ -159,7 +168,9 @@ impl Transformer {
                 device,
             )),
             blocks: (0..c.layers).map(|_| Block::new(c, device)).collect(),
-            norm: LayerNormConfig::new(c.dim).init(device),
+            norm: LayerNormConfig::new(c.dim)
+                .with_epsilon(kernels::norm::EPSILON)
+                .init(device),
             head: linear(c.dim, vocab.codes, device),
             drop: DropoutConfig::new(c.dropout).init(),
             causal: vocab.arch == Arch::Gpt,
@@ -186,7 +197,7 @@ impl Transformer {
             x = block.forward_cached(x, layer);
         }
         cache.len += 1;
-        let logits = kernels::linear(&self.head, self.norm.forward(x));
+        let logits = kernels::linear(&self.head, norm(&self.norm, x));
         let k = logits.dims()[2];
         logits.reshape([b, k])
     }
@@ -199,6 +210,6 @@ impl Transformer {
         for block in &self.blocks {
             x = block.forward(x, self.causal);
         }
-        kernels::linear(&self.head, self.norm.forward(x))
+        kernels::linear(&self.head, norm(&self.norm, x))
     }
 }
