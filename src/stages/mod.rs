@@ -3,6 +3,7 @@
 
 pub mod ema;
 pub mod gan;
+pub mod in_place;
 pub mod phase2;
 pub mod tokenizer;
 pub mod transformer;

@@ -16,7 +16,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use std::path::Path;
 
-use super::ema;
+use super::{ema, in_place};
 use crate::config::RunKind;
 use crate::data::Loader;
 use crate::kernels::FusedAdam;
@@ -244,9 +244,8 @@ impl<'a> GanPhase<'a> {
             return Some("the generator loss is not finite".into());
         }
         let t = &self.cfg.train;
-        st.model = st
-            .optim_g
-            .step(self.lr(step, t.lr), st.model.clone(), grads);
+        let optim = &mut st.optim_g;
+        in_place::update(&mut st.model, |m| optim.step(self.lr(step, t.lr), m, grads));
         if let Some(e) = st.ema.take() {
             st.ema = Some(match self.cfg.kind {
                 // Frozen parts are copied as they are (a blend of equal values need not be
@@ -274,7 +273,8 @@ impl<'a> GanPhase<'a> {
             return Some("the discriminator loss is not finite".into());
         }
         let lr_d = self.lr(step, self.cfg.train.disc_lr);
-        st.disc = st.optim_d.step(lr_d, st.disc.clone(), grads);
+        let optim = &mut st.optim_d;
+        in_place::update(&mut st.disc, |d| optim.step(lr_d, d, grads));
         None
     }
 

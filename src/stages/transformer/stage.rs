@@ -17,6 +17,7 @@ use crate::run::checkpoint::{
 use crate::run::driver::devices_note;
 use crate::run::{Checkpointed, Replicas, Schedule, Stage, TrainState};
 use crate::stages::ema;
+use crate::stages::in_place;
 use crate::transformer::batch::{self, Order, Split};
 use crate::transformer::{Transformer, TransformerRunConfig, build, vocab};
 
@@ -282,15 +283,18 @@ impl Stage for TransformerStage<'_> {
             st.state.images_seen += entries.len() as u64;
             last = Some(out);
         }
+        // The replicas share the parameters: dropped, so that the optimiser owns them alone.
+        drop(forks);
         let mut grads = acc.grads();
         // The gradient norm is read every step (for clipping); a non-finite loss makes it
         // non-finite too, and then nothing is updated.
         let grad_norm = clip_global_norm(&st.model, &mut grads, t.grad_clip);
         let skipped = !grad_norm.is_finite();
         if !skipped {
-            st.model = st
-                .optim
-                .step(lr_at(self.cfg, step), st.model.clone(), grads);
+            let optim = &mut st.optim;
+            in_place::update(&mut st.model, |m| {
+                optim.step(lr_at(self.cfg, step), m, grads)
+            });
             if let Some(e) = st.ema.take() {
                 st.ema = Some(ema::update(e, &st.model, t.ema_decay));
             }
