@@ -28,7 +28,7 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::simd::simd_dispatch;
-use super::{f32_slice, gemm_rm, on_cpu, wrap};
+use super::{f32_slice, gemm_new, gemm_rm, on_cpu, wrap};
 
 /// Linear-layer ops the CPU device gets from us (see the module doc). Shapes: `x` `[rows,
 /// in]`, `weight` `[in, out]` (burn's layout), `bias` `[out]`.
@@ -118,11 +118,8 @@ impl LinearKernels for Flex {
         let [din, dout] = weight.shape().dims::<2>();
         let rows = grad.shape()[0];
         let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
-        let mut dx = vec![0.0f32; rows * din];
-        gemm_rm(
+        let dx = gemm_new(
             [rows, din, dout],
-            &mut dx,
-            false,
             f32_slice(&grad),
             false,
             f32_slice(&weight),
@@ -140,11 +137,8 @@ impl LinearKernels for Flex {
         let [rows, din] = x.shape().dims::<2>();
         let dout = grad.shape()[1];
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-        let mut dw = vec![0.0f32; din * dout];
-        gemm_rm(
+        let dw = gemm_new(
             [din, dout, rows],
-            &mut dw,
-            false,
             f32_slice(&x),
             true,
             f32_slice(&grad),

@@ -4,7 +4,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
-use crate::kernels::FusedAdamW;
+use crate::kernels::{self, FusedAdamW};
 use crate::transformer::TransformerRunConfig;
 use crate::transformer::config::LrSchedule;
 
@@ -47,7 +47,7 @@ struct SquaredNorm<'a> {
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = g.powi_scalar(2).sum();
+            let s = kernels::sum_squares(g);
             self.total = Some(match self.total.take() {
                 Some(t) => t + s,
                 None => s,
