@@ -26,7 +26,7 @@ pub use attention::{merge_heads, self_attention, split_heads};
 pub use conv::{conv_options, conv2d, conv2d_bias_relu, conv2d_with};
 pub use dropout::dropout;
 pub use linear::linear;
-pub use norm::layer_norm;
+pub use norm::{group_norm, layer_norm};
 pub use pool::{avg_pool2d, max_pool2d};
 pub use reduce::sum_squares;
 

@@ -11,7 +11,12 @@
 //!   mean(gh xh))`, `dgamma = sum over rows of dy xh`, `dbeta = sum over rows of dy`. The
 //!   backward recomputes `mu` and `r` from `x` instead of keeping them.
 //!
-//! Other devices take burn's `LayerNorm` unchanged: [`layer_norm`] dispatches on the device.
+//! GroupNorm is the same computation with a row per (image, group), `[C/G, H W]` contiguous in
+//! NCHW, and the scale and shift per channel (a run of `H W` elements): burn composes it from
+//! about ten ops too (the tokenizer's ResBlocks have two each, on maps up to 256x256).
+//!
+//! Other devices take burn's `LayerNorm` and `GroupNorm` unchanged: [`layer_norm`] and
+//! [`group_norm`] dispatch on the device.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,8 +26,8 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::nn::LayerNorm;
-use burn::tensor::Tensor;
+use burn::nn::{GroupNorm, LayerNorm};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -51,6 +56,25 @@ pub trait NormKernels: Backend {
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// GroupNorm of `x` `[B, C, S]` (`S` the spatial size) in `groups` groups, scale `gamma`
+    /// and shift `beta` `[C]`.
+    fn group_norm_rows(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// The gradients `(dx, dgamma, dbeta)` of [`NormKernels::group_norm_rows`].
+    fn group_norm_rows_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
@@ -129,15 +153,185 @@ impl NormKernels for Flex {
             wrap(db, [d], dtype),
         )
     }
+
+    fn group_norm_rows(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        groups: usize,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let dtype = x.dtype();
+        let shape = x.shape();
+        let [_, c, sp] = shape.dims::<3>();
+        let (x, gamma, beta) = (
+            contiguous_f32(x),
+            contiguous_f32(gamma),
+            contiguous_f32(beta),
+        );
+        let (xs, g, b) = (f32_slice(&x), f32_slice(&gamma), f32_slice(&beta));
+        let (per, eps) = (c / groups, epsilon as f32);
+        let len = per * sp;
+        let y = par_output(xs.len(), len, |row, out| {
+            let x = &xs[row * len..][..len];
+            let c0 = (row % groups) * per;
+            let (mean, r) = moments(x, eps);
+            for (ch, (xc, yc)) in x.chunks(sp).zip(out.chunks_mut(sp)).enumerate() {
+                let a = r * g[c0 + ch];
+                affine_row(xc, a, b[c0 + ch] - mean * a, yc);
+            }
+        });
+        wrap(y, shape, dtype)
+    }
+
+    fn group_norm_rows_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        grad: FlexTensor,
+        groups: usize,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let dtype = x.dtype();
+        let shape = x.shape();
+        let [_, c, sp] = shape.dims::<3>();
+        let (x, gamma, grad) = (
+            contiguous_f32(x),
+            contiguous_f32(gamma),
+            contiguous_f32(grad),
+        );
+        let (xs, g, gs) = (f32_slice(&x), f32_slice(&gamma), f32_slice(&grad));
+        let (per, eps) = (c / groups, epsilon as f32);
+        let len = per * sp;
+        let mut dx = vec![0.0f32; xs.len()];
+        // Per row: its dx, and its channels' sums of dy xh and dy (dgamma, dbeta terms).
+        let sums: Vec<Vec<(f64, f64)>> = dx
+            .par_chunks_mut(len)
+            .enumerate()
+            .map(|(row, dxr)| {
+                let (x, dy) = (&xs[row * len..][..len], &gs[row * len..][..len]);
+                let c0 = (row % groups) * per;
+                let (mean, r) = moments(x, eps);
+                let mut per_channel = Vec::with_capacity(per);
+                let (mut sum_gh, mut sum_ghxh) = (0.0f64, 0.0f64);
+                for (ch, (xc, dyc)) in x.chunks(sp).zip(dy.chunks(sp)).enumerate() {
+                    let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
+                    dot_sums(xc, dyc, mean, &mut sdy, &mut sdyx);
+                    // sum dy xh = r sum dy (x - mean); not r (sum dy x - mean sum dy), which
+                    // cancels where the mean is large against the spread.
+                    let sdyxh = (r as f64) * sdyx;
+                    let gc = g[c0 + ch] as f64;
+                    sum_gh += gc * sdy;
+                    sum_ghxh += gc * sdyxh;
+                    per_channel.push((sdyxh, sdy));
+                }
+                let n = len as f64;
+                let (mean_gh, mean_ghxh) = ((sum_gh / n) as f32, (sum_ghxh / n) as f32);
+                for (ch, ((xc, dyc), dxc)) in x
+                    .chunks(sp)
+                    .zip(dy.chunks(sp))
+                    .zip(dxr.chunks_mut(sp))
+                    .enumerate()
+                {
+                    // dx = r (dy g - mean_gh - xh mean_ghxh), xh = (x - mean) r
+                    let gc = g[c0 + ch];
+                    group_grad_row(xc, dyc, r * gc, r * mean_gh, r * r * mean_ghxh, mean, dxc);
+                }
+                per_channel
+            })
+            .collect();
+        // Summed over the images in f64: each term is a sum over a map, and they can cancel.
+        let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
+        for (row, channels) in sums.iter().enumerate() {
+            let c0 = (row % groups) * per;
+            for (ch, &(sdyxh, sdy)) in channels.iter().enumerate() {
+                dg[c0 + ch] += sdyxh;
+                db[c0 + ch] += sdy;
+            }
+        }
+        let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        (
+            wrap(dx, shape, dtype),
+            wrap(f32s(dg), [c], dtype),
+            wrap(f32s(db), [c], dtype),
+        )
+    }
 }
 
-/// The row's mean and `1 / sqrt(var + eps)` (two passes: the variance of the centred values).
+#[inline(always)]
+fn affine_row_generic(x: &[f32], a: f32, b: f32, y: &mut [MaybeUninit<f32>]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        o.write(v * a + b);
+    }
+}
+
+simd_dispatch! {
+    /// `y = a x + b`.
+    fn affine_row(x: &[f32], a: f32, b: f32, y: &mut [MaybeUninit<f32>]) => affine_row_generic
+}
+
+#[inline(always)]
+fn dot_sums_generic(x: &[f32], dy: &[f32], mean: f32, sum_dy: &mut f64, sum_dy_x: &mut f64) {
+    for (xb, db) in x.chunks(1024).zip(dy.chunks(1024)) {
+        let (mut a, mut b) = ([0.0f32; 16], [0.0f32; 16]);
+        for (i, (&v, &d)) in xb.iter().zip(db).enumerate() {
+            a[i % 16] += d;
+            b[i % 16] += d * (v - mean);
+        }
+        *sum_dy += a.iter().map(|&v| f64::from(v)).sum::<f64>();
+        *sum_dy_x += b.iter().map(|&v| f64::from(v)).sum::<f64>();
+    }
+}
+
+simd_dispatch! {
+    /// `sum_dy += sum(dy)`, `sum_dy_x += sum(dy (x - mean))`.
+    fn dot_sums(x: &[f32], dy: &[f32], mean: f32, sum_dy: &mut f64, sum_dy_x: &mut f64)
+        => dot_sums_generic
+}
+
+#[inline(always)]
+fn group_grad_row_generic(
+    x: &[f32],
+    dy: &[f32],
+    rg: f32,
+    r_mean_gh: f32,
+    rr_mean_ghxh: f32,
+    mean: f32,
+    dx: &mut [f32],
+) {
+    for ((o, &v), &d) in dx.iter_mut().zip(x).zip(dy) {
+        *o = d * rg - r_mean_gh - (v - mean) * rr_mean_ghxh;
+    }
+}
+
+simd_dispatch! {
+    /// One channel's `dx = r g dy - r mean(gh) - (x - mean) r^2 mean(gh xh)`.
+    fn group_grad_row(
+        x: &[f32],
+        dy: &[f32],
+        rg: f32,
+        r_mean_gh: f32,
+        rr_mean_ghxh: f32,
+        mean: f32,
+        dx: &mut [f32],
+    ) => group_grad_row_generic
+}
+
+/// The row's mean and `1 / sqrt(var + eps)` (two passes: the variance of the centred values;
+/// sums in 16 f32 lanes per block of 1024, the blocks added in f64, so that GroupNorm's rows
+/// of up to millions of elements keep their precision).
 #[inline(always)]
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = lanes_sum(x.iter().copied()) / n;
-    let var = lanes_sum(x.iter().map(|v| (v - mean) * (v - mean))) / n;
-    (mean, 1.0 / (var + eps).sqrt())
+    let n = x.len() as f64;
+    let mut sum = 0.0f64;
+    for b in x.chunks(1024) {
+        sum += f64::from(lanes_sum(b.iter().copied()));
+    }
+    let mean = (sum / n) as f32;
+    let mut sq = 0.0f64;
+    for b in x.chunks(1024) {
+        sq += f64::from(lanes_sum(b.iter().map(|v| (v - mean) * (v - mean))));
+    }
+    (mean, 1.0 / ((sq / n) as f32 + eps).sqrt())
 }
 
 /// A sum in 16 independent partial sums (so that it vectorises), folded pairwise.
@@ -288,6 +482,88 @@ impl<B: NormKernels, C: CheckpointStrategy> NormKernels for Autodiff<B, C> {
             Self::from_inner(db),
         )
     }
+
+    fn group_norm_rows(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GroupNormBackward;
+
+        impl<B: NormKernels> Backward<B, 3> for GroupNormBackward {
+            type State = (NodeId, NodeId, usize, f64);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_g, node_b] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, g_state, groups, epsilon) = ops.state;
+                let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+                let gamma: FloatTensor<B> = checkpointer.retrieve_node_output(g_state);
+                let (dx, dg, db) = B::group_norm_rows_backward(x, gamma, grad, groups, epsilon);
+                for (node, g) in [(node_x, dx), (node_g, dg), (node_b, db)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        match GroupNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let g_state = prep.checkpoint(&gamma);
+                let out = B::group_norm_rows(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    groups,
+                    epsilon,
+                );
+                prep.finish((x_state, g_state, groups, epsilon), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::group_norm_rows(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                groups,
+                epsilon,
+            )),
+        }
+    }
+
+    /// The inner device's gradients, as untracked tensors (no second derivative).
+    fn group_norm_rows_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dg, db) = B::group_norm_rows_backward(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            grad.into_primitive(),
+            groups,
+            epsilon,
+        );
+        (
+            Self::from_inner(dx),
+            Self::from_inner(dg),
+            Self::from_inner(db),
+        )
+    }
 }
 
 /// `norm.forward(x)` for a `norm` made with `epsilon` (burn's `LayerNorm` does not expose
@@ -297,7 +573,7 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) 
     let Some(beta) = norm.beta.as_ref() else {
         return norm.forward(x);
     };
-    if !on_cpu(&x.device()) || x.dtype() != burn::tensor::DType::F32 {
+    if !on_cpu(&x.device()) || x.dtype() != DType::F32 {
         return norm.forward(x);
     }
     let dims = x.dims();
@@ -312,11 +588,89 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) 
     y.reshape(dims)
 }
 
+/// `norm.forward(x)` for an affine GroupNorm: on the CPU device (float32) one op (see the
+/// module doc); burn's `GroupNorm` otherwise.
+pub fn group_norm(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    let (Some(gamma), Some(beta)) = (norm.gamma.as_ref(), norm.beta.as_ref()) else {
+        return norm.forward(x);
+    };
+    if !on_cpu(&x.device()) || x.dtype() != DType::F32 {
+        return norm.forward(x);
+    }
+    let dims = x.dims();
+    assert_eq!(
+        dims[1], norm.num_channels,
+        "GroupNorm of {} channels",
+        norm.num_channels
+    );
+    let y = Tensor::<3>::from_dispatch(<Dispatch as NormKernels>::group_norm_rows(
+        x.reshape([dims[0], dims[1], dims[2] * dims[3]])
+            .into_dispatch(),
+        gamma.val().into_dispatch(),
+        beta.val().into_dispatch(),
+        norm.num_groups,
+        norm.epsilon,
+    ));
+    y.reshape(dims)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::nn::LayerNormConfig;
     use burn::tensor::{Device, Distribution};
+
+    /// Output and the gradients of input, scale and shift against burn's `GroupNorm`, with
+    /// non-trivial scale and shift, an offset mean, one and several channels per group, maps
+    /// wider than a block of the sums.
+    #[test]
+    fn matches_burn_group_norm() {
+        use burn::nn::GroupNormConfig;
+        let device = Device::flex().autodiff();
+        for (n, c, groups, h, w) in [(2, 6, 3, 5, 4), (3, 8, 8, 3, 3), (1, 4, 2, 40, 33)] {
+            let mut norm = GroupNormConfig::new(groups, c)
+                .with_epsilon(1e-6)
+                .init(&device);
+            let random =
+                |t: Tensor<1>| t.random_like(Distribution::Normal(1.0, 0.5)).require_grad();
+            norm.gamma = norm.gamma.map(|p| p.map(random));
+            norm.beta = norm.beta.map(|p| p.map(random));
+            let x0 = Tensor::<4>::random([n, c, h, w], Distribution::Normal(3.0, 2.0), &device);
+            let wt = Tensor::<4>::random([n, c, h, w], Distribution::Uniform(-1.0, 1.0), &device);
+            let run = |ours: bool| {
+                let x = x0.clone().require_grad();
+                let y = if ours {
+                    group_norm(&norm, x.clone())
+                } else {
+                    norm.forward(x.clone())
+                };
+                let grads = (y.clone() * wt.clone()).sum().backward();
+                let v = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+                (
+                    v(y.flatten(0, 3)),
+                    v(x.grad(&grads).unwrap().flatten(0, 3)),
+                    v(norm.gamma.as_ref().unwrap().grad(&grads).unwrap()),
+                    v(norm.beta.as_ref().unwrap().grad(&grads).unwrap()),
+                )
+            };
+            let (ours, theirs) = (run(true), run(false));
+            for (what, a, b) in [
+                ("y", &ours.0, &theirs.0),
+                ("dx", &ours.1, &theirs.1),
+                ("dgamma", &ours.2, &theirs.2),
+                ("dbeta", &ours.3, &theirs.3),
+            ] {
+                assert_eq!(a.len(), b.len());
+                let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                for (i, (p, q)) in a.iter().zip(b.iter()).enumerate() {
+                    assert!(
+                        (p - q).abs() <= 2e-5 * scale,
+                        "{what}[{i}] ({n}x{c}x{h}x{w}, {groups} groups): {p} vs {q}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Output and the gradients of input, scale and shift against burn's `LayerNorm`, with
     /// non-trivial scale and shift, rows of a mean far from 0 (cancellation in the variance),

@@ -7,7 +7,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
-use crate::kernels::{avg_pool2d, conv2d, silu};
+use crate::kernels::{self, avg_pool2d, conv2d, silu};
 
 /// GroupNorm with the largest group count `<= max_groups` that divides `channels`.
 pub fn group_norm(channels: usize, max_groups: usize, eps: f64, device: &Device) -> GroupNorm {
@@ -50,8 +50,11 @@ impl ResBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
-        let h = conv2d(&self.conv2, silu(self.norm2.forward(h)));
+        let h = conv2d(
+            &self.conv1,
+            silu(kernels::group_norm(&self.norm1, x.clone())),
+        );
+        let h = conv2d(&self.conv2, silu(kernels::group_norm(&self.norm2, h)));
         let skip = match &self.shortcut {
             Some(c) => conv2d(c, x),
             None => x,

@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor};
 use super::attention::WindowAttention;
 use super::blocks::{ResBlock, conv, group_norm, upsample};
 use super::config::TokenizerModelConfig;
-use crate::kernels::{conv2d, silu};
+use crate::kernels::{self, conv2d, silu};
 
 #[derive(Module, Debug)]
 pub struct DecoderLevel {
@@ -130,6 +130,6 @@ impl Decoder {
                 h = conv2d(c, upsample(h));
             }
         }
-        conv2d(&self.conv_out, silu(self.norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(kernels::group_norm(&self.norm_out, h)))
     }
 }

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::blocks::{ResBlock, conv, downsample, group_norm};
 use super::config::TokenizerModelConfig;
-use crate::kernels::{conv2d, silu};
+use crate::kernels::{self, conv2d, silu};
 
 #[derive(Module, Debug)]
 pub struct EncoderLevel {
@@ -64,6 +64,6 @@ impl Encoder {
         for b in &self.mid {
             h = b.forward(h);
         }
-        conv2d(&self.conv_out, silu(self.norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(kernels::group_norm(&self.norm_out, h)))
     }
 }
