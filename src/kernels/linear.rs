@@ -120,10 +120,8 @@ impl LinearKernels for Flex {
         let (weight, grad) = (weight.to_contiguous(), grad.to_contiguous());
         let dx = gemm_new(
             [rows, din, dout],
-            f32_slice(&grad),
-            false,
-            f32_slice(&weight),
-            true,
+            (f32_slice(&grad), false),
+            (f32_slice(&weight), true),
             1.0,
             parallelism(rows * din * dout),
         );
@@ -139,10 +137,8 @@ impl LinearKernels for Flex {
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let dw = gemm_new(
             [din, dout, rows],
-            f32_slice(&x),
-            true,
-            f32_slice(&grad),
-            false,
+            (f32_slice(&x), true),
+            (f32_slice(&grad), false),
             1.0,
             parallelism(rows * din * dout),
         );

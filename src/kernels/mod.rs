@@ -108,15 +108,45 @@ fn gemm_rm(
     beta: f32,
     parallelism: gemm::Parallelism,
 ) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    assert!(dst.len() >= m * n);
+    // SAFETY: `dst` holds the `m x n` result (checked above) and is borrowed mutably.
+    unsafe {
+        gemm_dense(
+            [m, n, k],
+            dst.as_mut_ptr(),
+            accumulate,
+            (lhs, lhs_t),
+            (rhs, rhs_t),
+            beta,
+            parallelism,
+        )
+    };
+}
+
+/// [`gemm_strided`] for dense row-major operands (their lengths checked) into a dense `m x n`
+/// result at `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writes (and reads with `accumulate`) of `m * n` floats that no
+/// other thread accesses meanwhile.
+unsafe fn gemm_dense(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    accumulate: bool,
+    (lhs, lhs_t): (&[f32], bool),
+    (rhs, rhs_t): (&[f32], bool),
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n);
     let lhs_ld = if lhs_t { m } else { k };
     let rhs_ld = if rhs_t { k } else { n };
-    // SAFETY: the lengths are checked above and the strides address exactly those extents;
-    // `dst` is borrowed mutably, so no one else accesses it.
+    // SAFETY: the operands' lengths are checked above and the strides address exactly those
+    // extents; `dst` as the caller guarantees.
     unsafe {
         gemm_strided(
             [m, n, k],
-            (dst.as_mut_ptr(), n),
+            (dst, n),
             accumulate,
             (lhs.as_ptr(), lhs_ld),
             lhs_t,
@@ -131,35 +161,26 @@ fn gemm_rm(
 /// `beta * lhs . rhs` (operands as in [`gemm_rm`]) as a new `m x n` matrix that the GEMM
 /// writes without its being zero-filled first (measured: memset 1.3% of a `base` MaskGIT
 /// training step, from the linear layers' weight gradients).
-#[allow(clippy::too_many_arguments)]
 fn gemm_new(
     [m, n, k]: [usize; 3],
-    lhs: &[f32],
-    lhs_t: bool,
-    rhs: &[f32],
-    rhs_t: bool,
+    lhs: (&[f32], bool),
+    rhs: (&[f32], bool),
     beta: f32,
     parallelism: gemm::Parallelism,
 ) -> Vec<f32> {
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n);
     if k == 0 {
         return vec![0.0; m * n];
     }
     let mut out = Vec::<f32>::with_capacity(m * n);
-    let lhs_ld = if lhs_t { m } else { k };
-    let rhs_ld = if rhs_t { k } else { n };
-    // SAFETY: the operands' lengths are checked above and the strides address exactly those
-    // extents; `out` has capacity for the `m x n` result, which the GEMM writes in full without
+    // SAFETY: `out` has capacity for the `m x n` result, which the GEMM writes in full without
     // reading it (no accumulation, k > 0) before the length is set.
     unsafe {
-        gemm_strided(
+        gemm_dense(
             [m, n, k],
-            (out.as_mut_ptr(), n),
+            out.as_mut_ptr(),
             false,
-            (lhs.as_ptr(), lhs_ld),
-            lhs_t,
-            (rhs.as_ptr(), rhs_ld),
-            rhs_t,
+            lhs,
+            rhs,
             beta,
             parallelism,
         );
