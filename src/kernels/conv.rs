@@ -971,10 +971,6 @@ mod tests {
     use burn::tensor::module::conv2d as reference;
     use burn::tensor::{Device, Distribution};
 
-    /// Output, weight, input and bias gradients of our conv against burn's, for the kernel
-    /// shapes, strides, paddings and dilations the models use (and an asymmetric padding), on
-    /// every path: one GEMM per image or per group of images (small maps), batch elements or
-    /// groups in turn or in parallel.
     /// The fused inference layer against burn's conv, bias add and ReLU, with ReLU on no, some
     /// and all channels, on every forward path (per image in turn and in parallel, pointwise,
     /// grouped small maps), on the CPU device and through its autodiff wrapper (the composed
@@ -1035,6 +1031,10 @@ mod tests {
         }
     }
 
+    /// Output, weight, input and bias gradients of our conv against burn's, for the kernel
+    /// shapes, strides, paddings and dilations the models use (and an asymmetric padding), on
+    /// every path: one GEMM per image or per group of images (small maps), batch elements or
+    /// groups in turn or in parallel.
     #[test]
     fn gradients_match_burn_conv2d() {
         let device = Device::flex().autodiff();

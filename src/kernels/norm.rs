@@ -31,7 +31,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use super::simd::simd_dispatch;
+use super::simd::{blocks_sum, lanes_sum, simd_dispatch};
 use super::{contiguous_f32, f32_slice, on_cpu, par_output, wrap};
 
 /// The LayerNorm epsilon of our models (burn's default), given to both `LayerNormConfig` and
@@ -323,33 +323,9 @@ simd_dispatch! {
 #[inline(always)]
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f64;
-    let mut sum = 0.0f64;
-    for b in x.chunks(1024) {
-        sum += f64::from(lanes_sum(b.iter().copied()));
-    }
-    let mean = (sum / n) as f32;
-    let mut sq = 0.0f64;
-    for b in x.chunks(1024) {
-        sq += f64::from(lanes_sum(b.iter().map(|v| (v - mean) * (v - mean))));
-    }
+    let mean = (blocks_sum(x, |b| lanes_sum(b.iter().copied())) / n) as f32;
+    let sq = blocks_sum(x, |b| lanes_sum(b.iter().map(|v| (v - mean) * (v - mean))));
     (mean, 1.0 / ((sq / n) as f32 + eps).sqrt())
-}
-
-/// A sum in 16 independent partial sums (so that it vectorises), folded pairwise.
-#[inline(always)]
-fn lanes_sum(values: impl Iterator<Item = f32>) -> f32 {
-    let mut acc = [0.0f32; 16];
-    for (i, v) in values.enumerate() {
-        acc[i % 16] += v;
-    }
-    let mut w = 16;
-    while w > 1 {
-        w /= 2;
-        for i in 0..w {
-            acc[i] += acc[i + w];
-        }
-    }
-    acc[0]
 }
 
 #[inline(always)]

@@ -11,7 +11,7 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::simd::simd_dispatch;
+use super::simd::{blocks_sum, lanes_sum, simd_dispatch};
 use super::{contiguous_f32, f32_slice, on_cpu, wrap};
 
 /// Reductions the CPU device gets from us (see the module doc).
@@ -42,13 +42,7 @@ impl ReduceKernels for Flex {
 
 #[inline(always)]
 fn sum_squares_generic(x: &[f32], total: &mut f64) {
-    for block in x.chunks(1024) {
-        let mut acc = [0.0f32; 16];
-        for (i, v) in block.iter().enumerate() {
-            acc[i % 16] += v * v;
-        }
-        *total += acc.iter().map(|&a| f64::from(a)).sum::<f64>();
-    }
+    *total += blocks_sum(x, |b| lanes_sum(b.iter().map(|v| v * v)));
 }
 
 simd_dispatch! {

@@ -109,6 +109,12 @@ fn reduce(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
             *a = op(*a, v);
         }
     }
+    tail.iter().fold(fold_lanes(acc, &op), |a, &v| op(a, v))
+}
+
+/// The [`LANES`] accumulators folded pairwise with `op` (whole-vector operations).
+#[inline(always)]
+fn fold_lanes(mut acc: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
     let mut width = LANES;
     while width > 1 {
         width /= 2;
@@ -117,7 +123,29 @@ fn reduce(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
             *a = op(*a, b);
         }
     }
-    tail.iter().fold(acc[0], |a, &v| op(a, v))
+    acc[0]
+}
+
+/// The sum of `values` in [`LANES`] independent partial sums (so that it vectorises; the
+/// values can be computed on the fly, from several slices), folded pairwise.
+#[inline(always)]
+pub(super) fn lanes_sum(values: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for (i, v) in values.enumerate() {
+        acc[i % LANES] += v;
+    }
+    fold_lanes(acc, |a, b| a + b)
+}
+
+/// Elements per block of [`blocks_sum`].
+const BLOCK: usize = 1024;
+
+/// `sum(f(block))` over `x` in blocks of [`BLOCK`], the blocks' f32 sums added in f64: sums
+/// over millions of elements (a GroupNorm row of a 256x256 map, a whole gradient) keep their
+/// precision.
+#[inline(always)]
+pub(super) fn blocks_sum(x: &[f32], f: impl Fn(&[f32]) -> f32) -> f64 {
+    x.chunks(BLOCK).map(|b| f64::from(f(b))).sum()
 }
 
 #[inline(always)]

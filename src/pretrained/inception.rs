@@ -319,7 +319,7 @@ impl Block {
                 branches,
             };
         }
-        let (mut weights, mut biases, mut at) = (Vec::new(), Vec::new(), 0);
+        let (mut weights, mut biases, mut at, mut relu_channels) = (Vec::new(), Vec::new(), 0, 0);
         for (&i, is_pooled) in plain
             .iter()
             .map(|i| (i, false))
@@ -333,16 +333,12 @@ impl Block {
                 pooled: is_pooled,
             };
             at += channels;
+            if !is_pooled {
+                relu_channels += channels;
+            }
             weights.push(conv.weight);
             biases.push(conv.bias);
         }
-        let relu_channels: usize = plain
-            .iter()
-            .map(|&i| match branches[i].input {
-                Input::Head { channels, .. } => channels,
-                Input::Block(_) => 0,
-            })
-            .sum();
         let head = ConvBn {
             weight: Tensor::cat(weights, 0),
             bias: Tensor::cat(biases, 0),
