@@ -6,7 +6,7 @@
 use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::module::{attention, conv2d};
-use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 use std::path::Path;
@@ -385,25 +385,6 @@ pub fn bench_sampling(
     })
 }
 
-/// A 3x3 stride-1 "same" convolution as one GEMM over channels-last shifted copies (im2col
-/// from tensor ops): the candidate route against the backend's conv kernel.
-fn conv3x3_by_gemm(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
-    let [b, c, h, wd] = x.dims();
-    let out = w.dims()[0];
-    let xp = x
-        .permute([0, 2, 3, 1])
-        .pad([(1, 1), (1, 1), (0, 0)], PadMode::Constant(0.0));
-    let cols: Vec<Tensor<4>> = (0..3)
-        .flat_map(|dy| (0..3).map(move |dx| (dy, dx)))
-        .map(|(dy, dx)| xp.clone().narrow(1, dy, h).narrow(2, dx, wd))
-        .collect();
-    let cols = Tensor::cat(cols, 3).reshape([b * h * wd, 9 * c]);
-    let wm = w.permute([2, 3, 1, 0]).reshape([9 * c, out]);
-    cols.matmul(wm)
-        .reshape([b, h, wd, out])
-        .permute([0, 3, 1, 2])
-}
-
 /// GEMM and convolution kernels alone, in GFLOP/s (multiply-add = 2 FLOPs).
 pub fn bench_kernels(
     device: &Device,
@@ -438,69 +419,61 @@ pub fn bench_kernels(
         2.0 * (n as f64).powi(3),
         secs,
     )];
-    let (c, side) = (128, 32);
-    let conv_flop = 2.0 * (batch * c * c * 9 * side * side) as f64;
-    let options = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let x = Tensor::<4>::random([batch, c, side, side], uniform, device);
-    let w = Tensor::<4>::random([c, c, 3, 3], uniform, device) * 0.03;
-    let secs = time(warmup, steps, || {
-        let y = conv2d(x.clone(), w.clone(), None, options());
-        let _ = y.sum().into_scalar::<f32>();
-        Ok(())
-    })?;
-    let what = format!("conv2d 3x3 {c}->{c}, {batch}x{side}x{side}");
-    out.push(figure(format!("{what}, forward"), conv_flop, secs));
     let ad = device.clone().autodiff();
-    let xa = Tensor::<4>::random([batch, c, side, side], uniform, &ad).require_grad();
-    let wa = (Tensor::<4>::random([c, c, 3, 3], uniform, &ad) * 0.03)
-        .detach()
-        .require_grad();
-    // Forward + backward of `conv`, reading both gradients.
-    let fwd_bwd = |conv: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
-        time(warmup, steps, || {
-            let grads = conv(xa.clone(), wa.clone()).sum().backward();
-            let gx = xa.grad(&grads).expect("input gradient");
-            let gw = wa.grad(&grads).expect("weight gradient");
-            let _ = (gx.sum() + gw.sum()).into_scalar::<f32>();
+    let options = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    // 3x3 "same" convolutions at the channel counts and map sizes of the models (tokenizer and
+    // discriminator 16-64 channels at 8x8-32x32, VGG-16 64-512); burn-flex's kernel beside
+    // ours at 128 channels.
+    for (c, side) in [(128, 32), (64, 32), (32, 32), (64, 16), (64, 8), (16, 32)] {
+        let conv_flop = 2.0 * (batch * c * c * 9 * side * side) as f64;
+        let what = format!("conv2d 3x3 {c}->{c}, {batch}x{side}x{side}");
+        let x = Tensor::<4>::random([batch, c, side, side], uniform, device);
+        let w = Tensor::<4>::random([c, c, 3, 3], uniform, device) * 0.03;
+        let xa = Tensor::<4>::random([batch, c, side, side], uniform, &ad).require_grad();
+        let wa = (Tensor::<4>::random([c, c, 3, 3], uniform, &ad) * 0.03)
+            .detach()
+            .require_grad();
+        // Forward + backward of `conv`, reading both gradients.
+        let fwd_bwd = |conv: &dyn Fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
+            time(warmup, steps, || {
+                let grads = conv(xa.clone(), wa.clone()).sum().backward();
+                let gx = xa.grad(&grads).expect("input gradient");
+                let gw = wa.grad(&grads).expect("weight gradient");
+                let _ = (gx.sum() + gw.sum()).into_scalar::<f32>();
+                Ok(())
+            })
+        };
+        if c == 128 {
+            let secs = time(warmup, steps, || {
+                let y = conv2d(x.clone(), w.clone(), None, options());
+                let _ = y.sum().into_scalar::<f32>();
+                Ok(())
+            })?;
+            out.push(figure(
+                format!("{what}, forward, burn-flex's"),
+                conv_flop,
+                secs,
+            ));
+            let secs = fwd_bwd(&|x, w| conv2d(x, w, None, options()))?;
+            out.push(figure(
+                format!("{what}, forward + backward, burn-flex's"),
+                3.0 * conv_flop,
+                secs,
+            ));
+        }
+        let secs = time(warmup, steps, || {
+            let y = kernels::conv2d_with(x.clone(), w.clone(), None, options());
+            let _ = y.sum().into_scalar::<f32>();
             Ok(())
-        })
-    };
-    let secs = fwd_bwd(&|x, w| conv2d(x, w, None, options()))?;
-    out.push(figure(
-        format!("{what}, forward + backward"),
-        3.0 * conv_flop,
-        secs,
-    ));
-    // The models' convolution: burn's forward and input gradient, our GEMM weight gradient.
-    let secs = fwd_bwd(&|x, w| kernels::conv2d_with(x, w, None, options()))?;
-    out.push(figure(
-        format!("{what}, forward + backward, seqgan's weight gradient"),
-        3.0 * conv_flop,
-        secs,
-    ));
-    // The same convolution as one GEMM over shifted copies (checked against the kernel).
-    let diff = (conv3x3_by_gemm(x.clone(), w.clone())
-        - conv2d(x.clone(), w.clone(), None, options()))
-    .abs()
-    .max()
-    .into_scalar::<f32>();
-    let secs = time(warmup, steps, || {
-        let _ = conv3x3_by_gemm(x.clone(), w.clone())
-            .sum()
-            .into_scalar::<f32>();
-        Ok(())
-    })?;
-    out.push(figure(
-        format!("{what}, forward as one GEMM (max diff to the kernel {diff:.1e})"),
-        conv_flop,
-        secs,
-    ));
-    let secs = fwd_bwd(&conv3x3_by_gemm)?;
-    out.push(figure(
-        format!("{what}, forward + backward as one GEMM"),
-        3.0 * conv_flop,
-        secs,
-    ));
+        })?;
+        out.push(figure(format!("{what}, forward"), conv_flop, secs));
+        let secs = fwd_bwd(&|x, w| kernels::conv2d_with(x, w, None, options()))?;
+        out.push(figure(
+            format!("{what}, forward + backward"),
+            3.0 * conv_flop,
+            secs,
+        ));
+    }
     out.extend(bench_attention(&ad, steps, warmup, &figure)?);
     Ok(out)
 }

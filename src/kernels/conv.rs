@@ -39,6 +39,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::scratch::Scratch;
 use super::simd::simd_dispatch;
+
+mod direct;
 use super::{f32_slice, gemm_rm, gemm_strided, on_cpu, wrap};
 
 /// Convolution ops the CPU device gets from us (see the module doc).
@@ -508,6 +510,9 @@ fn forward_f32(
     o: &ConvOptions<2>,
     epilogue: &Epilogue,
 ) -> Vec<f32> {
+    if direct::applies(s, o) {
+        return direct::forward(x, w, s, o, epilogue);
+    }
     if images_per_group(s) > 1 && s.oh * s.ow > 1 && s.c_out > 1 {
         return forward_grouped(x, w, s, o, epilogue);
     }
@@ -566,6 +571,9 @@ fn forward_f32(
 /// `dpatches = W^T . G_b[:, tile]`, then each patch entry is added back onto the input pixel
 /// it was read from (col2im), one input channel per task.
 fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    if direct::applies(s, o) {
+        return direct::input_grad(g, w, s, o);
+    }
     if images_per_group(s) > 1 {
         return input_grad_grouped(g, w, s, o);
     }
@@ -860,6 +868,9 @@ fn weight_grad_grouped(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) ->
 
 /// `dW[co, ci, kh, kw]` for contiguous NCHW `x` and `g` (groups = 1).
 fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    if direct::applies(s, o) {
+        return direct::weight_grad(x, g, s, o);
+    }
     if images_per_group(s) > 1 {
         return weight_grad_grouped(x, g, s, o);
     }
@@ -1037,9 +1048,9 @@ mod tests {
     /// groups in turn or in parallel.
     #[test]
     fn gradients_match_burn_conv2d() {
-        let device = Device::flex().autodiff();
-        // The first four have maps of >= 256 pixels (one GEMM per image; two pointwise, read
-        // without patches, in turn and in parallel), the others small maps
+        // The first four have maps of >= 256 pixels (the first on the direct kernels, then one
+        // GEMM per image; two pointwise, read without patches, in turn and in parallel; one of
+        // stride 2), the others small maps
         // (one GEMM per group of images; the last three with more output channels, 17: a
         // partly filled vector).
         let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 14] = [
@@ -1114,13 +1125,57 @@ mod tests {
                 ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
             ),
         ];
+        matches_burn(&cases);
+    }
+
+    /// The direct kernels (3x3, stride 1, maps at least 16 wide) against burn's conv, forward
+    /// and both gradients: one image (tiles split between threads) and several (images split),
+    /// output channels that leave the last register tile part empty, dilation, asymmetric and
+    /// no padding, a deep input.
+    #[test]
+    fn direct_kernels_match_burn_conv2d() {
+        let same = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 6] = [
+            ([1, 3, 20, 17], [5, 3, 3, 3], same.clone()),
+            ([3, 6, 16, 18], [17, 6, 3, 3], same.clone()),
+            (
+                [2, 4, 20, 20],
+                [8, 4, 3, 3],
+                ConvOptions::new([1, 1], [2, 2], [2, 2], 1),
+            ),
+            (
+                [2, 3, 18, 20],
+                [4, 3, 3, 3],
+                ConvOptions::new_with_padding([1, 1], [(0, 1), (1, 2)], [1, 1], 1),
+            ),
+            (
+                [2, 2, 20, 20],
+                [3, 2, 3, 3],
+                ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+            ),
+            ([2, 40, 16, 16], [9, 40, 3, 3], same),
+        ];
+        for (xs, ws, options) in &cases {
+            let [oh, ow] = [0, 1].map(|d| {
+                xs[2 + d] + options.padding[d].0 + options.padding[d].1 - options.dilation[d] * 2
+            });
+            let s = Shape2d::new(*xs, *ws, [oh, ow]);
+            assert!(direct::applies(&s, options), "{xs:?} {ws:?} not direct");
+        }
+        matches_burn(&cases);
+    }
+
+    /// Checks output, input, weight and bias gradients of [`conv2d_with`] against burn's conv
+    /// for each case (`x` shape, weight shape, options), and that our kernels computed them.
+    fn matches_burn(cases: &[([usize; 4], [usize; 4], ConvOptions<2>)]) {
+        let device = Device::flex().autodiff();
         let counts = || {
             [&GEMM_FORWARDS, &GEMM_INPUT_GRADS, &GEMM_WEIGHT_GRADS]
                 .map(|c| c.load(Ordering::Relaxed))
         };
         let before = counts();
         let n = cases.len();
-        for (xs, ws, options) in cases {
+        for (xs, ws, options) in cases.iter().cloned() {
             let x0 = Tensor::<4>::random(xs, Distribution::Normal(0.0, 1.0), &device);
             // Weights at 1/sqrt(fan-in), so outputs are O(1): the loss below amplifies an
             // output's rounding by |y|.

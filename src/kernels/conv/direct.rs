@@ -1,0 +1,597 @@
+//! Direct 3x3 stride-1 convolution on zero-padded input planes: no patch matrix, no GEMM
+//! packing.
+//!
+//! Each input channel is copied once into a plane padded by the convolution's padding,
+//! `[hp, wp]`, stored row after row. On that plane, output pixel `(r, c)` sits at `q = r wp + c`
+//! and kernel tap `(i, j)` reads the input at `q + i dh wp + j dw`: every tap is the same plane
+//! shifted by a constant. So a run of consecutive `q`s (a few output rows, and the `wp - ow`
+//! columns between them, computed and dropped) is a vector load per tap, and
+//! - forward: `Y[co, q] = sum over ci, taps of W[co, ci, tap] X[ci, q + off(tap)]`, a register
+//!   tile of `R` output channels by `C` vectors of `L` positions, each input vector loaded once
+//!   per tap and multiplied by `R` broadcast weights, summed over `ci` then taps in that order for
+//!   every output (the same bits whatever the batch or the split between threads);
+//! - input gradient: the same kernel on the output gradient padded by `dilation (k - 1) - pad`,
+//!   with the weights transposed and flipped;
+//! - weight gradient: `dW[co, ci, tap] = sum over images, q of G[co, q] X[ci, q + off(tap)]`
+//!   with `G` on the padded grid (zeros in the dropped columns): per tap one GEMM whose
+//!   right-hand side is the padded planes themselves, shifted (a first version with its own
+//!   register tiles, nine taps by three channels, spilled them to the stack: forward +
+//!   backward at 128 channels ran at 143 GFLOP/s with it, 253 with the GEMMs).
+//!
+//! Measured against the patch-matrix GEMMs (`seqgan bench --stage kernels`), see the README.
+
+use rayon::prelude::*;
+
+use super::super::gemm_strided;
+use super::super::scratch::Scratch;
+use super::super::simd::{has_avx2, has_avx512};
+use super::{Epilogue, Shape2d};
+use burn::tensor::ops::ConvOptions;
+
+/// Kernel taps: the direct kernels serve 3x3 convolutions only.
+const TAPS: usize = 9;
+
+/// Narrowest output map the direct kernels take: on smaller maps the dropped columns between
+/// rows (`wp - ow`, two for padding 1) are too large a share of each vector, and the patch
+/// matrix of a small map is cheap against its GEMM (its rows are many input channels deep).
+const MIN_WIDTH: usize = 16;
+
+/// Whether the direct kernels compute this convolution (forward and both gradients): 3x3,
+/// stride 1, output at least [`MIN_WIDTH`] wide, each side's padding at most the kernel's
+/// dilated reach (so the input gradient's padding `dilation (k - 1) - pad` is not negative).
+/// Depends on an image's shape only, never on the batch, so an image's forward has the same
+/// bits in any batch (see `conv::MIN_COLUMNS`).
+pub(super) fn applies(s: &Shape2d, o: &ConvOptions<2>) -> bool {
+    let fits = |d: usize| {
+        let reach = o.dilation[d] * 2;
+        o.padding[d].0 <= reach && o.padding[d].1 <= reach
+    };
+    s.kh == 3 && s.kw == 3 && o.stride == [1, 1] && s.ow >= MIN_WIDTH && fits(0) && fits(1)
+}
+
+/// Which compiled variant runs: AVX-512, AVX2 + FMA, or the plain build.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    Wide,
+    Narrow,
+    Plain,
+}
+
+impl Isa {
+    fn detect() -> Self {
+        if has_avx512() {
+            Isa::Wide
+        } else if has_avx2() {
+            Isa::Narrow
+        } else {
+            Isa::Plain
+        }
+    }
+
+    /// Output channels per forward register tile (weights are packed in blocks of this many).
+    fn rows(self) -> usize {
+        match self {
+            Isa::Wide => 8,
+            Isa::Narrow => 6,
+            Isa::Plain => 4,
+        }
+    }
+
+    /// Positions per forward register tile (`C` vectors of `L` lanes).
+    fn columns(self) -> usize {
+        match self {
+            Isa::Wide => 16 * 3,
+            Isa::Narrow | Isa::Plain => 8 * 2,
+        }
+    }
+}
+
+/// One input's padded planes: `c` planes of `hp x wp`, then [`SLACK`] zeros so that the last
+/// tile's vectors may read past the last plane.
+struct Planes {
+    c: usize,
+    hp: usize,
+    wp: usize,
+}
+
+/// Floats after the last plane: a tile reads at most one tile width past the last valid `q`.
+const SLACK: usize = 64;
+
+impl Planes {
+    fn plane(&self) -> usize {
+        self.hp * self.wp
+    }
+
+    fn len(&self) -> usize {
+        self.c * self.plane() + SLACK
+    }
+
+    /// The valid span of `q` for an `oh x ow` output: `(oh - 1) wp + ow`.
+    fn span(&self, oh: usize, ow: usize) -> usize {
+        (oh - 1) * self.wp + ow
+    }
+
+    /// Plane offsets of the nine taps for dilation `[dh, dw]`.
+    fn taps(&self, [dh, dw]: [usize; 2]) -> [usize; TAPS] {
+        std::array::from_fn(|t| (t / 3) * dh * self.wp + (t % 3) * dw)
+    }
+}
+
+/// One `h x w` plane `src` into the `hp x wp` plane `dst` (of `p`'s geometry) at offset
+/// `top`/`left`, zeros around it.
+fn pad_plane(
+    dst: &mut [f32],
+    src: &[f32],
+    p: &Planes,
+    [h, w]: [usize; 2],
+    [top, left]: [usize; 2],
+) {
+    for (r, row) in dst[..p.plane()].chunks_mut(p.wp).enumerate() {
+        if r < top || r >= top + h {
+            row.fill(0.0);
+            continue;
+        }
+        row[..left].fill(0.0);
+        row[left..left + w].copy_from_slice(&src[(r - top) * w..(r - top + 1) * w]);
+        row[left + w..].fill(0.0);
+    }
+}
+
+/// `src` (`c` planes of `h x w`) into `dst` as [`Planes`] padded by `top`/`left`, slack zeroed.
+fn pad_into(dst: &mut [f32], src: &[f32], p: &Planes, hw: [usize; 2], at: [usize; 2]) {
+    let (plane, image) = (p.plane(), hw[0] * hw[1]);
+    for (ci, out) in dst[..p.c * plane].chunks_mut(plane).enumerate() {
+        pad_plane(out, &src[ci * image..(ci + 1) * image], p, hw, at);
+    }
+    dst[p.c * plane..].fill(0.0);
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every user writes a part of the buffer no other task touches (see each use).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+/// Weights `w(o, i, tap)` (`c_out x c_in x 9`) packed for the forward tiles: blocks of
+/// `rows` output channels, each `[c_in][tap][rows]` (zeros past `c_out`).
+fn pack(
+    c_out: usize,
+    c_in: usize,
+    rows: usize,
+    w: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<f32> {
+    let blocks = c_out.div_ceil(rows);
+    let mut out = vec![0.0f32; blocks * c_in * TAPS * rows];
+    for (b, block) in out.chunks_mut(c_in * TAPS * rows).enumerate() {
+        for (k, v) in block.iter_mut().enumerate() {
+            let (i, t, r) = (k / (TAPS * rows), (k / rows) % TAPS, k % rows);
+            let o = b * rows + r;
+            if o < c_out {
+                *v = w(o, i, t);
+            }
+        }
+    }
+    out
+}
+
+/// One forward problem on padded planes: input planes, packed weights, output layout.
+struct Forward<'a> {
+    x: &'a [f32],
+    planes: &'a Planes,
+    taps: [usize; TAPS],
+    weights: &'a [f32],
+    blocks: usize,
+    /// Output `[blocks * rows][ld]`, `ld` a multiple of the tile width.
+    out: Shared,
+    ld: usize,
+}
+
+/// The forward tiles of positions `q0..q1` (multiples of the tile width), every block of
+/// output channels, variant `isa`.
+fn forward_tiles(isa: Isa, f: &Forward, q0: usize, q1: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        fn wide(f: &Forward, q0: usize, q1: usize) {
+            forward_generic::<16, 8, 3>(f, q0, q1)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn narrow(f: &Forward, q0: usize, q1: usize) {
+            forward_generic::<8, 6, 2>(f, q0, q1)
+        }
+        match isa {
+            // SAFETY: `isa` comes from `Isa::detect`: the CPU has these features.
+            Isa::Wide => return unsafe { wide(f, q0, q1) },
+            // SAFETY: as above.
+            Isa::Narrow => return unsafe { narrow(f, q0, q1) },
+            Isa::Plain => {}
+        }
+    }
+    debug_assert_eq!(isa, Isa::Plain);
+    forward_generic::<8, 4, 2>(f, q0, q1)
+}
+
+/// [`forward_tiles`] for `R` output channels by `C` vectors of `L` lanes.
+#[inline(always)]
+fn forward_generic<const L: usize, const R: usize, const C: usize>(
+    f: &Forward,
+    q0: usize,
+    q1: usize,
+) {
+    let (c_in, plane) = (f.planes.c, f.planes.plane());
+    let per_block = c_in * TAPS * R;
+    assert!(f.weights.len() >= f.blocks * per_block && q1.is_multiple_of(L * C));
+    for q in (q0..q1).step_by(L * C) {
+        for b in 0..f.blocks {
+            let w = &f.weights[b * per_block..(b + 1) * per_block];
+            let mut acc = [[[0.0f32; L]; C]; R];
+            for ci in 0..c_in {
+                let base = ci * plane + q;
+                let wc = &w[ci * TAPS * R..(ci + 1) * TAPS * R];
+                for (t, &off) in f.taps.iter().enumerate() {
+                    let src = &f.x[base + off..base + off + L * C];
+                    let mut xv = [[0.0f32; L]; C];
+                    for (c, v) in xv.iter_mut().enumerate() {
+                        v.copy_from_slice(&src[c * L..(c + 1) * L]);
+                    }
+                    let wt = &wc[t * R..(t + 1) * R];
+                    for r in 0..R {
+                        let wv = wt[r];
+                        for c in 0..C {
+                            for l in 0..L {
+                                acc[r][c][l] = wv.mul_add(xv[c][l], acc[r][c][l]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (r, rows) in acc.iter().enumerate() {
+                // SAFETY: row `b R + r`, positions q..q + L C of the output, which only this
+                // task writes (tasks own disjoint ranges of q); inside `[blocks R][ld]`.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(f.out.0.add((b * R + r) * f.ld + q), L * C)
+                };
+                for (c, v) in rows.iter().enumerate() {
+                    dst[c * L..(c + 1) * L].copy_from_slice(v);
+                }
+            }
+        }
+    }
+}
+
+/// `Y = conv(X, W)` for one image on its padded planes `x` (see [`Planes`]): `c_out` rows
+/// of `oh x ow` written to `y`, each row finished with `finish(co, row)`. The tile ranges run
+/// on the thread pool when `parallel`.
+#[allow(clippy::too_many_arguments)]
+fn forward_image(
+    isa: Isa,
+    x: &[f32],
+    planes: &Planes,
+    taps: [usize; TAPS],
+    weights: &[f32],
+    c_out: usize,
+    [oh, ow]: [usize; 2],
+    y: &mut [f32],
+    parallel: bool,
+    finish: &(impl Fn(usize, &mut [f32]) + Sync),
+) {
+    let (rows, width) = (isa.rows(), isa.columns());
+    let blocks = c_out.div_ceil(rows);
+    let ld = planes.span(oh, ow).next_multiple_of(width);
+    let mut out = Scratch::take(blocks * rows * ld);
+    let f = Forward {
+        x,
+        planes,
+        taps,
+        weights,
+        blocks,
+        out: Shared(out.as_mut_ptr()),
+        ld,
+    };
+    let tiles = ld / width;
+    if parallel && tiles > 1 {
+        let per_task = tiles.div_ceil(4 * rayon::current_num_threads()).max(1);
+        (0..tiles.div_ceil(per_task)).into_par_iter().for_each(|k| {
+            let (t0, t1) = (k * per_task, ((k + 1) * per_task).min(tiles));
+            forward_tiles(isa, &f, t0 * width, t1 * width);
+        });
+    } else {
+        forward_tiles(isa, &f, 0, ld);
+    }
+    let wp = planes.wp;
+    let compact = |(co, dst): (usize, &mut [f32])| {
+        let src = &out[co * ld..];
+        for (r, line) in dst.chunks_mut(ow).enumerate() {
+            line.copy_from_slice(&src[r * wp..r * wp + ow]);
+        }
+        finish(co, dst);
+    };
+    if parallel {
+        y.par_chunks_mut(oh * ow).enumerate().for_each(compact);
+    } else {
+        y.chunks_mut(oh * ow).enumerate().for_each(compact);
+    }
+}
+
+/// Runs `f(b, out_b)` for each image's `chunk` of `out`: images in parallel (each serial) when
+/// there are at least as many as threads, otherwise in turn (each parallel inside).
+fn per_image(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
+    let batch = out.len() / chunk.max(1);
+    if batch >= rayon::current_num_threads() {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(b, o)| f(b, o, false));
+    } else {
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(b, o)| f(b, o, true));
+    }
+}
+
+/// `y = conv(x, w)` with the epilogue, NCHW (see the module doc).
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    s: &Shape2d,
+    o: &ConvOptions<2>,
+    epilogue: &Epilogue,
+) -> Vec<f32> {
+    forward_on(Isa::detect(), x, w, s, o, epilogue)
+}
+
+/// [`forward`] on variant `isa`.
+fn forward_on(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    s: &Shape2d,
+    o: &ConvOptions<2>,
+    epilogue: &Epilogue,
+) -> Vec<f32> {
+    let k = s.c_in * TAPS;
+    let weights = pack(s.c_out, s.c_in, isa.rows(), |co, ci, t| {
+        w[co * k + ci * TAPS + t]
+    });
+    let planes = Planes {
+        c: s.c_in,
+        hp: s.h + o.padding[0].0 + o.padding[0].1,
+        wp: s.w + o.padding[1].0 + o.padding[1].1,
+    };
+    let taps = planes.taps(o.dilation);
+    let (p, image) = (s.oh * s.ow, s.c_in * s.h * s.w);
+    let mut y = vec![0.0f32; s.batch * s.c_out * p];
+    per_image(&mut y, s.c_out * p, |b, yb, parallel| {
+        let mut xp = Scratch::take(planes.len());
+        let pad = [o.padding[0].0, o.padding[1].0];
+        pad_into(
+            &mut xp,
+            &x[b * image..(b + 1) * image],
+            &planes,
+            [s.h, s.w],
+            pad,
+        );
+        let finish = |co: usize, row: &mut [f32]| epilogue.apply(co, row);
+        forward_image(
+            isa,
+            &xp,
+            &planes,
+            taps,
+            &weights,
+            s.c_out,
+            [s.oh, s.ow],
+            yb,
+            parallel,
+            &finish,
+        );
+    });
+    y
+}
+
+/// `dx` of `y = conv(x, w)` from `g = dL/dy`: the forward kernel on `g` padded by
+/// `dilation (k - 1) - pad` with `w` transposed and flipped.
+pub(super) fn input_grad(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    input_grad_on(Isa::detect(), g, w, s, o)
+}
+
+/// [`input_grad`] on variant `isa`.
+fn input_grad_on(isa: Isa, g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let k = s.c_in * TAPS;
+    // dx[ci] = sum over co, taps t of w[co, ci, 8 - t] g[co] shifted by tap t.
+    let weights = pack(s.c_in, s.c_out, isa.rows(), |ci, co, t| {
+        w[co * k + ci * TAPS + (TAPS - 1 - t)]
+    });
+    let [top, left] = [0, 1].map(|d| 2 * o.dilation[d] - o.padding[d].0);
+    let planes = Planes {
+        c: s.c_out,
+        hp: s.h + 2 * o.dilation[0],
+        wp: s.w + 2 * o.dilation[1],
+    };
+    let taps = planes.taps(o.dilation);
+    let (p, image) = (s.oh * s.ow, s.c_in * s.h * s.w);
+    let mut dx = vec![0.0f32; s.batch * image];
+    per_image(&mut dx, image, |b, dxb, parallel| {
+        let mut gp = Scratch::take(planes.len());
+        pad_into(
+            &mut gp,
+            &g[b * s.c_out * p..(b + 1) * s.c_out * p],
+            &planes,
+            [s.oh, s.ow],
+            [top, left],
+        );
+        forward_image(
+            isa,
+            &gp,
+            &planes,
+            taps,
+            &weights,
+            s.c_in,
+            [s.h, s.w],
+            dxb,
+            parallel,
+            &|_, _| {},
+        );
+    });
+    dx
+}
+
+/// `dW[co, ci, kh, kw]` of `y = conv(x, w)` from `g = dL/dy`: for each tap `t`,
+/// `dW[:, :, t] = G . X_t^T` with `G` `[c_out, n]` the output gradient on the padded grid of
+/// every image in turn (zeros in the dropped columns and rows) and `X_t` `[c_in, n]` the padded
+/// input planes, image after image per channel, shifted by the tap's offset: nine GEMMs over
+/// the whole batch, no patch matrix. The batch is split in `threads` parts of the inner
+/// dimension (nine GEMMs each, in parallel), summed in order.
+pub(super) fn weight_grad(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let planes = Planes {
+        c: 1,
+        hp: s.h + o.padding[0].0 + o.padding[0].1,
+        wp: s.w + o.padding[1].0 + o.padding[1].1,
+    };
+    let taps = planes.taps(o.dilation);
+    let (p, hw, plane) = (s.oh * s.ow, s.h * s.w, planes.plane());
+    let n = s.batch * plane;
+    // X: [c_in][batch][plane] + the largest tap offset; G: [c_out][batch][plane].
+    let reach = taps[TAPS - 1];
+    let mut xp = Scratch::take(s.c_in * n + reach);
+    let mut gq = Scratch::take(s.c_out * n);
+    let at = [o.padding[0].0, o.padding[1].0];
+    xp[..s.c_in * n]
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (ci, b) = (row / s.batch, row % s.batch);
+            let src = &x[(b * s.c_in + ci) * hw..][..hw];
+            pad_plane(dst, src, &planes, [s.h, s.w], at);
+        });
+    xp[s.c_in * n..].fill(0.0);
+    let grid = Planes { c: 1, ..planes };
+    gq.par_chunks_mut(plane).enumerate().for_each(|(row, dst)| {
+        let (co, b) = (row / s.batch, row % s.batch);
+        let src = &g[(b * s.c_out + co) * p..][..p];
+        pad_plane(dst, src, &grid, [s.oh, s.ow], [0, 0]);
+    });
+    let parts = rayon::current_num_threads().min(s.batch).max(1);
+    let per_part = s.batch.div_ceil(parts);
+    let parts = s.batch.div_ceil(per_part);
+    let (m, k) = (s.c_out, s.c_in);
+    let partials: Vec<Vec<f32>> = (0..parts * TAPS)
+        .into_par_iter()
+        .map(|task| {
+            let (part, t) = (task / TAPS, task % TAPS);
+            let b0 = part * per_part;
+            let len = (per_part.min(s.batch - b0)) * plane;
+            let mut out = vec![0.0f32; m * k];
+            // out[co, ci] = sum over j < len of G[co, b0 plane + j] X[ci, b0 plane + j + off_t]
+            // SAFETY: G's rows are `n` long and the window b0 plane.. + len lies inside each;
+            // X's rows are `n` apart and a window ends at most `reach` past its row (inside the
+            // next row, or the `reach` floats after the last); `out` is owned.
+            unsafe {
+                gemm_strided(
+                    [m, k, len],
+                    (out.as_mut_ptr(), k),
+                    false,
+                    (gq.as_ptr().add(b0 * plane), n),
+                    false,
+                    (xp.as_ptr().add(b0 * plane + taps[t]), n),
+                    true,
+                    1.0,
+                    gemm::Parallelism::None,
+                );
+            }
+            out
+        })
+        .collect();
+    let mut dw = vec![0.0f32; m * k * TAPS];
+    for (i, v) in dw.iter_mut().enumerate() {
+        let (co, ci, t) = (i / (k * TAPS), (i / TAPS) % k, i % TAPS);
+        *v = (0..parts)
+            .map(|part| partials[part * TAPS + t][co * k + ci])
+            .sum();
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant this CPU runs (AVX-512 and AVX2 where it has them, and the plain build)
+    /// against a convolution written out as loops, forward and input gradient; the weight
+    /// gradient (GEMMs) too. Small odd sizes: a partly filled last tile of rows and positions.
+    #[test]
+    fn variants_match_loops() {
+        let mut variants = vec![Isa::Plain];
+        if has_avx2() {
+            variants.push(Isa::Narrow);
+        }
+        if has_avx512() {
+            variants.push(Isa::Wide);
+        }
+        let o = ConvOptions::new_with_padding([1, 1], [(1, 2), (2, 1)], [1, 2], 1);
+        let (h, w) = (17, 18);
+        let (oh, ow) = (h + 3 - 2, w + 3 - 4);
+        let s = Shape2d::new([2, 3, h, w], [7, 3, 3, 3], [oh, ow]);
+        assert!(applies(&s, &o));
+        let wave =
+            |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin()).collect() };
+        let x = wave(2 * 3 * h * w, 0.37);
+        let wt = wave(7 * 3 * 9, 0.91);
+        let g = wave(2 * 7 * oh * ow, 0.53);
+        // Loops: y[b, co, r, c] = sum w[co, ci, i, j] x[b, ci, r + i dh - top, c + j dw - left].
+        let mut y = vec![0.0f32; 2 * 7 * oh * ow];
+        let mut dx = vec![0.0f32; x.len()];
+        let mut dw = vec![0.0f32; wt.len()];
+        for b in 0..2 {
+            for co in 0..7 {
+                for r in 0..oh {
+                    for c in 0..ow {
+                        let yi = ((b * 7 + co) * oh + r) * ow + c;
+                        for ci in 0..3 {
+                            for t in 0..TAPS {
+                                let ih = (r + (t / 3)) as isize - 1;
+                                let iw = (c + (t % 3) * 2) as isize - 2;
+                                if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                                    continue;
+                                }
+                                let xi = ((b * 3 + ci) * h + ih as usize) * w + iw as usize;
+                                let wi = (co * 3 + ci) * TAPS + t;
+                                y[yi] += wt[wi] * x[xi];
+                                dx[xi] += wt[wi] * g[yi];
+                                dw[wi] += g[yi] * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let close = |a: &[f32], b: &[f32], what: &str, isa: Isa| {
+            assert_eq!(a.len(), b.len());
+            for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                    "{what} {isa:?} [{i}]: {u} vs {v}"
+                );
+            }
+        };
+        for isa in variants {
+            close(
+                &forward_on(isa, &x, &wt, &s, &o, &Epilogue::NONE),
+                &y,
+                "forward",
+                isa,
+            );
+            close(
+                &input_grad_on(isa, &g, &wt, &s, &o),
+                &dx,
+                "input gradient",
+                isa,
+            );
+        }
+        close(
+            &weight_grad(&x, &g, &s, &o),
+            &dw,
+            "weight gradient",
+            Isa::detect(),
+        );
+    }
+}
