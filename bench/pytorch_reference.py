@@ -1030,13 +1030,16 @@ def run_inception(a) -> dict:
     return out
 
 
+# 3x3 "same" convolutions of `seqgan bench --stage kernels`: (channels in = out, map side).
+CONV_SHAPES = [(128, 32), (64, 32), (32, 32), (64, 16), (64, 8), (16, 32), (256, 8), (512, 4)]
 # Attention shapes of `seqgan bench --stage kernels`: the tiny and base MaskGIT blocks.
 ATTENTION_SHAPES = {"tiny": (32, 4, 65, 16), "base": (2, 16, 257, 48)}
 
 
 def run_kernels(a) -> dict:
-    """As `seqgan bench --stage kernels`: a res x res matmul, a 3x3 conv 128 -> 128 on
-    batch x 32x32, forward and forward + backward, in GFLOP/s (one line per kernel on stderr)."""
+    """As `seqgan bench --stage kernels`: a res x res matmul, 3x3 convs (CONV_SHAPES) on a
+    batch of maps, forward and forward + backward, attention, in GFLOP/s (one line per kernel on
+    stderr)."""
     n, batch = a.res, a.batch or 8
     rates = {}
 
@@ -1048,19 +1051,19 @@ def run_kernels(a) -> dict:
     x, y = torch.rand(n, n) * 2 - 1, torch.rand(n, n) * 2 - 1
     with torch.inference_mode():
         rate("matmul", 2.0 * n**3, lambda: (x @ y).sum().item())
-    c, side = 128, 32
-    flop = 2.0 * batch * c * c * 9 * side * side
-    inp = torch.rand(batch, c, side, side) * 2 - 1
-    w = (torch.rand(c, c, 3, 3) * 2 - 1) * 0.03
-    with torch.inference_mode():
-        rate("conv_forward", flop, lambda: F.conv2d(inp, w, padding=1).sum().item())
-    inp_g, w_g = inp.clone().requires_grad_(), w.clone().requires_grad_()
+    for c, side in CONV_SHAPES:
+        flop = 2.0 * batch * c * c * 9 * side * side
+        inp = torch.rand(batch, c, side, side) * 2 - 1
+        w = (torch.rand(c, c, 3, 3) * 2 - 1) * 0.03
+        with torch.inference_mode():
+            rate(f"conv_{c}x{side}_forward", flop, lambda: F.conv2d(inp, w, padding=1).sum().item())
+        inp_g, w_g = inp.clone().requires_grad_(), w.clone().requires_grad_()
 
-    def fwd_bwd():
-        gx, gw = torch.autograd.grad(F.conv2d(inp_g, w_g, padding=1).sum(), [inp_g, w_g])
-        (gx.sum() + gw.sum()).item()
+        def fwd_bwd():
+            gx, gw = torch.autograd.grad(F.conv2d(inp_g, w_g, padding=1).sum(), [inp_g, w_g])
+            (gx.sum() + gw.sum()).item()
 
-    rate("conv_forward_backward", 3.0 * flop, fwd_bwd)
+        rate(f"conv_{c}x{side}_forward_backward", 3.0 * flop, fwd_bwd)
     # Attention forward + backward at the tiny and base transformers' shapes (MaskGIT,
     # batch x heads x L x dh), reading the three gradients.
     for name, (b, h, l, dh) in ATTENTION_SHAPES.items():

@@ -385,6 +385,19 @@ pub fn bench_sampling(
     })
 }
 
+/// 3x3 "same" convolutions of the kernel benchmark: (channels in = out, map side), as in
+/// `bench/pytorch_reference.py`.
+const CONV_SHAPES: [(usize, usize); 8] = [
+    (128, 32),
+    (64, 32),
+    (32, 32),
+    (64, 16),
+    (64, 8),
+    (16, 32),
+    (256, 8),
+    (512, 4),
+];
+
 /// GEMM and convolution kernels alone, in GFLOP/s (multiply-add = 2 FLOPs).
 pub fn bench_kernels(
     device: &Device,
@@ -422,9 +435,9 @@ pub fn bench_kernels(
     let ad = device.clone().autodiff();
     let options = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
     // 3x3 "same" convolutions at the channel counts and map sizes of the models (tokenizer and
-    // discriminator 16-64 channels at 8x8-32x32, VGG-16 64-512); burn-flex's kernel beside
-    // ours at 128 channels.
-    for (c, side) in [(128, 32), (64, 32), (32, 32), (64, 16), (64, 8), (16, 32)] {
+    // discriminator 16-64 channels at 8x8-32x32, VGG-16 64-512 at 32x32-4x4); burn-flex's
+    // kernel beside ours at 128 channels.
+    for (c, side) in CONV_SHAPES {
         let conv_flop = 2.0 * (batch * c * c * 9 * side * side) as f64;
         let what = format!("conv2d 3x3 {c}->{c}, {batch}x{side}x{side}");
         let x = Tensor::<4>::random([batch, c, side, side], uniform, device);

@@ -1,5 +1,7 @@
-//! 2D convolution on the CPU device as GEMMs over im2col patches of the NCHW input, forward and
-//! both gradients.
+//! 2D convolution on the CPU device, forward and both gradients: 3x3 stride-1 convolutions
+//! (most of the models') on direct kernels without a patch matrix (`conv/direct.rs` on maps at
+//! least 16 wide, `conv/channels_last.rs` on smaller maps of layers up to 128 channels), the
+//! others as GEMMs over im2col patches of the NCHW input, described here.
 //!
 //! burn-flex's forward converts the input to NHWC and the weight to `[co, kh, kw, ci]` on one
 //! thread at every call, builds patches per tile of 512 output pixels and scatters the GEMM's
@@ -40,6 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::scratch::Scratch;
 use super::simd::simd_dispatch;
 
+mod channels_last;
 mod direct;
 use super::{f32_slice, gemm_rm, gemm_strided, on_cpu, wrap};
 
@@ -513,6 +516,9 @@ fn forward_f32(
     if direct::applies(s, o) {
         return direct::forward(x, w, s, o, epilogue);
     }
+    if channels_last::forward_applies(s, o) {
+        return channels_last::forward(x, w, s, o, epilogue);
+    }
     if images_per_group(s) > 1 && s.oh * s.ow > 1 && s.c_out > 1 {
         return forward_grouped(x, w, s, o, epilogue);
     }
@@ -573,6 +579,9 @@ fn forward_f32(
 fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
     if direct::applies(s, o) {
         return direct::input_grad(g, w, s, o);
+    }
+    if channels_last::input_grad_applies(s, o) {
+        return channels_last::input_grad(g, w, s, o);
     }
     if images_per_group(s) > 1 {
         return input_grad_grouped(g, w, s, o);
@@ -868,7 +877,7 @@ fn weight_grad_grouped(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) ->
 
 /// `dW[co, ci, kh, kw]` for contiguous NCHW `x` and `g` (groups = 1).
 fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    if direct::applies(s, o) {
+    if direct::weight_grad_applies(s, o) {
         return direct::weight_grad(x, g, s, o);
     }
     if images_per_group(s) > 1 {
@@ -1128,15 +1137,18 @@ mod tests {
         matches_burn(&cases);
     }
 
-    /// The direct kernels (3x3, stride 1, maps at least 16 wide) against burn's conv, forward
-    /// and both gradients: one image (tiles split between threads) and several (images split),
-    /// output channels that leave the last register tile part empty, dilation, asymmetric and
-    /// no padding, a deep input.
+    /// The direct kernels (3x3, stride 1: padded planes on maps at least 16 wide, channels-last
+    /// on smaller maps of narrow layers) against burn's conv, forward and both gradients: one
+    /// image (tiles split between threads) and several (images split), output channels that
+    /// leave the last register tile part empty, dilation, asymmetric and no padding, a deep
+    /// input.
     #[test]
     fn direct_kernels_match_burn_conv2d() {
         let same = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 6] = [
+        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 8] = [
             ([1, 3, 20, 17], [5, 3, 3, 3], same.clone()),
+            ([3, 16, 8, 8], [32, 16, 3, 3], same.clone()),
+            ([2, 20, 4, 5], [17, 20, 3, 3], same.clone()),
             ([3, 6, 16, 18], [17, 6, 3, 3], same.clone()),
             (
                 [2, 4, 20, 20],
@@ -1160,7 +1172,13 @@ mod tests {
                 xs[2 + d] + options.padding[d].0 + options.padding[d].1 - options.dilation[d] * 2
             });
             let s = Shape2d::new(*xs, *ws, [oh, ow]);
-            assert!(direct::applies(&s, options), "{xs:?} {ws:?} not direct");
+            let small = channels_last::forward_applies(&s, options)
+                && channels_last::input_grad_applies(&s, options)
+                && direct::weight_grad_applies(&s, options);
+            assert!(
+                direct::applies(&s, options) || small,
+                "{xs:?} {ws:?} not direct"
+            );
         }
         matches_burn(&cases);
     }

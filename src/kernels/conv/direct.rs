@@ -32,33 +32,51 @@ use burn::tensor::ops::ConvOptions;
 const TAPS: usize = 9;
 
 /// Narrowest output map the direct kernels take: on smaller maps the dropped columns between
-/// rows (`wp - ow`, two for padding 1) are too large a share of each vector, and the patch
-/// matrix of a small map is cheap against its GEMM (its rows are many input channels deep).
-const MIN_WIDTH: usize = 16;
+/// rows (`wp - ow`, two for padding 1) are too large a share of each vector (measured on
+/// 64 channels, 8x8: forward 112 GFLOP/s here, 149 with the patch-matrix GEMM); those go to
+/// `channels_last.rs` or the GEMMs.
+pub(super) const MIN_WIDTH: usize = 16;
 
-/// Whether the direct kernels compute this convolution (forward and both gradients): 3x3,
-/// stride 1, output at least [`MIN_WIDTH`] wide, each side's padding at most the kernel's
-/// dilated reach (so the input gradient's padding `dilation (k - 1) - pad` is not negative).
-/// Depends on an image's shape only, never on the batch, so an image's forward has the same
-/// bits in any batch (see `conv::MIN_COLUMNS`).
-pub(super) fn applies(s: &Shape2d, o: &ConvOptions<2>) -> bool {
+/// Whether the kernels of this module and `channels_last.rs` can compute this convolution:
+/// 3x3, stride 1, each side's padding at most the kernel's dilated reach (so that the input
+/// gradient's padding `dilation (k - 1) - pad` is not negative).
+pub(super) fn stride_one_3x3(s: &Shape2d, o: &ConvOptions<2>) -> bool {
     let fits = |d: usize| {
         let reach = o.dilation[d] * 2;
         o.padding[d].0 <= reach && o.padding[d].1 <= reach
     };
-    s.kh == 3 && s.kw == 3 && o.stride == [1, 1] && s.ow >= MIN_WIDTH && fits(0) && fits(1)
+    s.kh == 3 && s.kw == 3 && o.stride == [1, 1] && fits(0) && fits(1)
+}
+
+/// Widest layer (input or output channels) whose small maps take the channels-last kernels
+/// and [`weight_grad`]: on deeper layers (VGG-16's 256-512 channels on 8x8-2x2 maps) the
+/// patch-matrix GEMMs were faster (measured in the README).
+pub(super) const SMALL_MAP_MAX_CHANNELS: usize = 128;
+
+/// Whether this module's kernels compute this convolution (forward and both gradients):
+/// [`stride_one_3x3`] with an output at least [`MIN_WIDTH`] wide. Depends on an image's shape
+/// only, never on the batch, so an image's forward has the same bits in any batch (see
+/// `conv::MIN_COLUMNS`).
+pub(super) fn applies(s: &Shape2d, o: &ConvOptions<2>) -> bool {
+    stride_one_3x3(s, o) && s.ow >= MIN_WIDTH
+}
+
+/// Whether [`weight_grad`] computes this convolution's weight gradient: as [`applies`], and
+/// on smaller maps for layers of at most [`SMALL_MAP_MAX_CHANNELS`] channels.
+pub(super) fn weight_grad_applies(s: &Shape2d, o: &ConvOptions<2>) -> bool {
+    applies(s, o) || (stride_one_3x3(s, o) && s.c_in.max(s.c_out) <= SMALL_MAP_MAX_CHANNELS)
 }
 
 /// Which compiled variant runs: AVX-512, AVX2 + FMA, or the plain build.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Isa {
+pub(super) enum Isa {
     Wide,
     Narrow,
     Plain,
 }
 
 impl Isa {
-    fn detect() -> Self {
+    pub(super) fn detect() -> Self {
         if has_avx512() {
             Isa::Wide
         } else if has_avx2() {
@@ -148,7 +166,7 @@ fn pad_into(dst: &mut [f32], src: &[f32], p: &Planes, hw: [usize; 2], at: [usize
 
 /// A pointer that tasks writing disjoint parts of one buffer share.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+pub(super) struct Shared(pub(super) *mut f32);
 // SAFETY: every user writes a part of the buffer no other task touches (see each use).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
@@ -512,14 +530,11 @@ pub(super) fn weight_grad(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>)
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// Every variant this CPU runs (AVX-512 and AVX2 where it has them, and the plain build)
-    /// against a convolution written out as loops, forward and input gradient; the weight
-    /// gradient (GEMMs) too. Small odd sizes: a partly filled last tile of rows and positions.
-    #[test]
-    fn variants_match_loops() {
+    /// The variants this CPU runs: AVX-512 and AVX2 where it has them, and the plain build.
+    pub(in super::super) fn variants() -> Vec<Isa> {
         let mut variants = vec![Isa::Plain];
         if has_avx2() {
             variants.push(Isa::Narrow);
@@ -527,71 +542,107 @@ mod tests {
         if has_avx512() {
             variants.push(Isa::Wide);
         }
-        let o = ConvOptions::new_with_padding([1, 1], [(1, 2), (2, 1)], [1, 2], 1);
-        let (h, w) = (17, 18);
-        let (oh, ow) = (h + 3 - 2, w + 3 - 4);
-        let s = Shape2d::new([2, 3, h, w], [7, 3, 3, 3], [oh, ow]);
-        assert!(applies(&s, &o));
-        let wave =
-            |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin()).collect() };
-        let x = wave(2 * 3 * h * w, 0.37);
-        let wt = wave(7 * 3 * 9, 0.91);
-        let g = wave(2 * 7 * oh * ow, 0.53);
-        // Loops: y[b, co, r, c] = sum w[co, ci, i, j] x[b, ci, r + i dh - top, c + j dw - left].
-        let mut y = vec![0.0f32; 2 * 7 * oh * ow];
-        let mut dx = vec![0.0f32; x.len()];
-        let mut dw = vec![0.0f32; wt.len()];
-        for b in 0..2 {
-            for co in 0..7 {
-                for r in 0..oh {
-                    for c in 0..ow {
-                        let yi = ((b * 7 + co) * oh + r) * ow + c;
-                        for ci in 0..3 {
-                            for t in 0..TAPS {
-                                let ih = (r + (t / 3)) as isize - 1;
-                                let iw = (c + (t % 3) * 2) as isize - 2;
-                                if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
-                                    continue;
-                                }
-                                let xi = ((b * 3 + ci) * h + ih as usize) * w + iw as usize;
-                                let wi = (co * 3 + ci) * TAPS + t;
-                                y[yi] += wt[wi] * x[xi];
-                                dx[xi] += wt[wi] * g[yi];
-                                dw[wi] += g[yi] * x[xi];
-                            }
+        variants
+    }
+
+    /// A 3x3 stride-1 problem `x [batch, c_in, h, w]`, weights `[c_out, c_in, 3, 3]` with its
+    /// options, deterministic inputs, the output gradient `g`, and the forward, input gradient
+    /// and weight gradient written out as loops:
+    /// `y[b, co, r, c] = sum w[co, ci, i, j] x[b, ci, r + i dh - top, c + j dw - left]`.
+    pub(in super::super) struct Loops {
+        pub s: Shape2d,
+        pub x: Vec<f32>,
+        pub w: Vec<f32>,
+        pub g: Vec<f32>,
+        pub y: Vec<f32>,
+        pub dx: Vec<f32>,
+        pub dw: Vec<f32>,
+    }
+
+    impl Loops {
+        pub fn new([batch, c_in, h, w]: [usize; 4], c_out: usize, o: &ConvOptions<2>) -> Self {
+            let [oh, ow] =
+                [0, 1].map(|d| [h, w][d] + o.padding[d].0 + o.padding[d].1 - 2 * o.dilation[d]);
+            let s = Shape2d::new([batch, c_in, h, w], [c_out, c_in, 3, 3], [oh, ow]);
+            let wave =
+                |n: usize, f: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * f).sin()).collect() };
+            let x = wave(batch * c_in * h * w, 0.37);
+            let wt = wave(c_out * c_in * TAPS, 0.91);
+            let g = wave(batch * c_out * oh * ow, 0.53);
+            let mut y = vec![0.0f32; g.len()];
+            let mut dx = vec![0.0f32; x.len()];
+            let mut dw = vec![0.0f32; wt.len()];
+            for (yi, (yv, gv)) in y.iter_mut().zip(&g).enumerate() {
+                let (b, co, r, c) = (
+                    yi / (c_out * oh * ow),
+                    (yi / (oh * ow)) % c_out,
+                    (yi / ow) % oh,
+                    yi % ow,
+                );
+                for ci in 0..c_in {
+                    for t in 0..TAPS {
+                        let ih = (r + (t / 3) * o.dilation[0]) as isize - o.padding[0].0 as isize;
+                        let iw = (c + (t % 3) * o.dilation[1]) as isize - o.padding[1].0 as isize;
+                        if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                            continue;
                         }
+                        let xi = ((b * c_in + ci) * h + ih as usize) * w + iw as usize;
+                        let wi = (co * c_in + ci) * TAPS + t;
+                        *yv += wt[wi] * x[xi];
+                        dx[xi] += wt[wi] * gv;
+                        dw[wi] += gv * x[xi];
                     }
                 }
             }
-        }
-        let close = |a: &[f32], b: &[f32], what: &str, isa: Isa| {
-            assert_eq!(a.len(), b.len());
-            for (i, (u, v)) in a.iter().zip(b).enumerate() {
-                assert!(
-                    (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
-                    "{what} {isa:?} [{i}]: {u} vs {v}"
-                );
+            Self {
+                s,
+                x,
+                w: wt,
+                g,
+                y,
+                dx,
+                dw,
             }
-        };
-        for isa in variants {
-            close(
-                &forward_on(isa, &x, &wt, &s, &o, &Epilogue::NONE),
-                &y,
-                "forward",
-                isa,
-            );
-            close(
-                &input_grad_on(isa, &g, &wt, &s, &o),
-                &dx,
-                "input gradient",
-                isa,
+        }
+    }
+
+    /// `a` against `b` within 1e-4 relative (to 1 + |b|).
+    pub(in super::super) fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (u, v)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (u - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                "{what} [{i}]: {u} vs {v}"
             );
         }
-        close(
-            &weight_grad(&x, &g, &s, &o),
-            &dw,
-            "weight gradient",
-            Isa::detect(),
-        );
+    }
+
+    /// Every variant against the loops, forward and input gradient; the weight gradient
+    /// (GEMMs) too. Small odd sizes: a partly filled last tile of rows and positions;
+    /// asymmetric padding, dilation along the width.
+    #[test]
+    fn variants_match_loops() {
+        let o = ConvOptions::new_with_padding([1, 1], [(1, 2), (2, 1)], [1, 2], 1);
+        let l = Loops::new([2, 3, 17, 18], 7, &o);
+        assert!(applies(&l.s, &o));
+        for isa in variants() {
+            let y = forward_on(isa, &l.x, &l.w, &l.s, &o, &Epilogue::NONE);
+            close(&y, &l.y, &format!("forward {isa:?}"));
+            let dx = input_grad_on(isa, &l.g, &l.w, &l.s, &o);
+            close(&dx, &l.dx, &format!("input gradient {isa:?}"));
+        }
+        close(&weight_grad(&l.x, &l.g, &l.s, &o), &l.dw, "weight gradient");
+        // The weight gradient of a small map of a narrow layer (a batch of more images than
+        // threads and one of fewer).
+        for batch in [1, 5] {
+            let o = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            let l = Loops::new([batch, 5, 6, 7], 4, &o);
+            assert!(!applies(&l.s, &o) && weight_grad_applies(&l.s, &o));
+            close(
+                &weight_grad(&l.x, &l.g, &l.s, &o),
+                &l.dw,
+                "small-map weight gradient",
+            );
+        }
     }
 }
