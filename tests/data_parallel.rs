@@ -131,13 +131,18 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
         &weights(&a.disc),
         &d0,
     );
-    // Measured: 1.2e-6 (generator) with burn's GroupNorm, 2.6e-5 with ours (its different
-    // rounding leaves the largest difference in the 1x1 conv in front of the quantiser,
-    // consistent with a code assignment flipping at step 2), 4.9e-6 (discriminator): float
-    // summation order (the gradient GEMMs of small maps group as many images as the batch has,
-    // src/kernels/conv.rs; the forward is the same bits either way).
+    // Measured after step 1: 1.6e-6 (generator), 4.9e-6 (discriminator): float summation
+    // order (each replica's weight gradient sums its half of the batch; the forward of an image
+    // is the same bits on any batch). After step 2 the generator's ratio depends on where that
+    // rounding moves a nearest-code decision: 1.2e-6 with burn's GroupNorm and convolutions,
+    // 2.6e-5 with our GroupNorm, 1.4e-4 with the direct 3x3 kernels (src/kernels/conv/), the
+    // difference then spread thinly over the whole generator (mean |diff| / mean |move| 6.6e-5,
+    // not a few entries), consistent with a flipped code, whose different decoder input and
+    // commitment term reach every weight. A wrong gradient average is off by ~1 (checked: with
+    // every other replica gradient dropped in the gather, generator 0.91, discriminator 1.0),
+    // so the limit, 1e-3, keeps almost three orders of magnitude of margin.
     assert!(
-        g < 1e-4 && d < 1e-4,
+        g < 1e-3 && d < 1e-3,
         "generator {g:.2e}, discriminator {d:.2e}"
     );
     for key in [
@@ -173,8 +178,10 @@ fn tokenizer_phases_match_one_device_and_move_between_device_counts() {
             "{what}: data position"
         );
         let r = rel_diff(what, &weights(&st.model), &weights(&a.model), &w0);
-        // Measured: 1.2e-6 (2 then 1), 1.5e-7 (1 then 2).
-        assert!(r < 1e-4, "{what}: {r:.2e}");
+        // Measured: 1.2e-6 (2 then 1), 1.5e-7 (1 then 2) with burn's convolutions; with the
+        // direct 3x3 kernels 1.4e-4 (2 then 1: the same figure as 2 replicas for both steps, so
+        // step 1's rounding amplified at step 2, as above) and 1.5e-7; limit as above.
+        assert!(r < 1e-3, "{what}: {r:.2e}");
     }
 
     // Phase 2 from run `a`: 2 replicas vs 1.

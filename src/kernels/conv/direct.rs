@@ -240,38 +240,54 @@ fn forward_generic<const L: usize, const R: usize, const C: usize>(
     let (c_in, plane) = (f.planes.c, f.planes.plane());
     let per_block = c_in * TAPS * R;
     assert!(f.weights.len() >= f.blocks * per_block && q1.is_multiple_of(L * C));
-    for q in (q0..q1).step_by(L * C) {
-        for b in 0..f.blocks {
-            let w = &f.weights[b * per_block..(b + 1) * per_block];
-            let mut acc = [[[0.0f32; L]; C]; R];
-            for ci in 0..c_in {
-                let base = ci * plane + q;
-                let wc = &w[ci * TAPS * R..(ci + 1) * TAPS * R];
-                for (t, &off) in f.taps.iter().enumerate() {
-                    let src = &f.x[base + off..base + off + L * C];
-                    let mut xv = [[0.0f32; L]; C];
-                    for (c, v) in xv.iter_mut().enumerate() {
-                        v.copy_from_slice(&src[c * L..(c + 1) * L]);
+    // The sum over input channels runs in chunks whose inputs under one tile (its positions
+    // and the two rows below, per channel) fit in about 32 KiB, so that they stay in L1 while
+    // every block of output channels uses them; partial sums wait in the output between
+    // chunks (the same order of terms as one pass).
+    let chunk = (8192 / (L * C + f.taps[TAPS - 1])).max(4);
+    for c0 in (0..c_in).step_by(chunk) {
+        let c1 = (c0 + chunk).min(c_in);
+        for q in (q0..q1).step_by(L * C) {
+            for b in 0..f.blocks {
+                let w = &f.weights[b * per_block..(b + 1) * per_block];
+                // SAFETY: rows `b R + r`, positions q..q + L C of the output, which only this
+                // task reads and writes (tasks own disjoint ranges of q); inside
+                // `[blocks R][ld]`.
+                let dst: [&mut [f32]; R] = std::array::from_fn(|r| unsafe {
+                    std::slice::from_raw_parts_mut(f.out.0.add((b * R + r) * f.ld + q), L * C)
+                });
+                let mut acc = [[[0.0f32; L]; C]; R];
+                if c0 > 0 {
+                    for (a, d) in acc.iter_mut().zip(&dst) {
+                        for (c, v) in a.iter_mut().enumerate() {
+                            v.copy_from_slice(&d[c * L..(c + 1) * L]);
+                        }
                     }
-                    let wt = &wc[t * R..(t + 1) * R];
-                    for r in 0..R {
-                        let wv = wt[r];
-                        for c in 0..C {
-                            for l in 0..L {
-                                acc[r][c][l] = wv.mul_add(xv[c][l], acc[r][c][l]);
+                }
+                for ci in c0..c1 {
+                    let base = ci * plane + q;
+                    let wc = &w[ci * TAPS * R..(ci + 1) * TAPS * R];
+                    for (t, &off) in f.taps.iter().enumerate() {
+                        let src = &f.x[base + off..base + off + L * C];
+                        let mut xv = [[0.0f32; L]; C];
+                        for (c, v) in xv.iter_mut().enumerate() {
+                            v.copy_from_slice(&src[c * L..(c + 1) * L]);
+                        }
+                        let wt = &wc[t * R..(t + 1) * R];
+                        for r in 0..R {
+                            let wv = wt[r];
+                            for c in 0..C {
+                                for l in 0..L {
+                                    acc[r][c][l] = wv.mul_add(xv[c][l], acc[r][c][l]);
+                                }
                             }
                         }
                     }
                 }
-            }
-            for (r, rows) in acc.iter().enumerate() {
-                // SAFETY: row `b R + r`, positions q..q + L C of the output, which only this
-                // task writes (tasks own disjoint ranges of q); inside `[blocks R][ld]`.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(f.out.0.add((b * R + r) * f.ld + q), L * C)
-                };
-                for (c, v) in rows.iter().enumerate() {
-                    dst[c * L..(c + 1) * L].copy_from_slice(v);
+                for (rows, d) in acc.iter().zip(dst) {
+                    for (c, v) in rows.iter().enumerate() {
+                        d[c * L..(c + 1) * L].copy_from_slice(v);
+                    }
                 }
             }
         }
@@ -457,8 +473,8 @@ fn input_grad_on(isa: Isa, g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>
 /// `dW[:, :, t] = G . X_t^T` with `G` `[c_out, n]` the output gradient on the padded grid of
 /// every image in turn (zeros in the dropped columns and rows) and `X_t` `[c_in, n]` the padded
 /// input planes, image after image per channel, shifted by the tap's offset: nine GEMMs over
-/// the whole batch, no patch matrix. The batch is split in `threads` parts of the inner
-/// dimension (nine GEMMs each, in parallel), summed in order.
+/// the whole batch, no patch matrix. The inner dimension (every image's planes in turn) is
+/// split in `threads` parts (nine GEMMs each, in parallel), summed in order.
 pub(super) fn weight_grad(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
     let planes = Planes {
         c: 1,
@@ -488,29 +504,28 @@ pub(super) fn weight_grad(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>)
         let src = &g[(b * s.c_out + co) * p..][..p];
         pad_plane(dst, src, &grid, [s.oh, s.ow], [0, 0]);
     });
-    let parts = rayon::current_num_threads().min(s.batch).max(1);
-    let per_part = s.batch.div_ceil(parts);
-    let parts = s.batch.div_ceil(per_part);
+    let per_part = n.div_ceil(rayon::current_num_threads()).max(1);
+    let parts = n.div_ceil(per_part);
     let (m, k) = (s.c_out, s.c_in);
     let partials: Vec<Vec<f32>> = (0..parts * TAPS)
         .into_par_iter()
         .map(|task| {
             let (part, t) = (task / TAPS, task % TAPS);
-            let b0 = part * per_part;
-            let len = (per_part.min(s.batch - b0)) * plane;
+            let j0 = part * per_part;
+            let len = per_part.min(n - j0);
             let mut out = vec![0.0f32; m * k];
-            // out[co, ci] = sum over j < len of G[co, b0 plane + j] X[ci, b0 plane + j + off_t]
-            // SAFETY: G's rows are `n` long and the window b0 plane.. + len lies inside each;
-            // X's rows are `n` apart and a window ends at most `reach` past its row (inside the
+            // out[co, ci] = sum over j0 <= j < j0 + len of G[co, j] X[ci, j + off_t]
+            // SAFETY: G's rows are `n` long and the window j0.. + len lies inside each; X's
+            // rows are `n` apart and a window ends at most `reach` past its row (inside the
             // next row, or the `reach` floats after the last); `out` is owned.
             unsafe {
                 gemm_strided(
                     [m, k, len],
                     (out.as_mut_ptr(), k),
                     false,
-                    (gq.as_ptr().add(b0 * plane), n),
+                    (gq.as_ptr().add(j0), n),
                     false,
-                    (xp.as_ptr().add(b0 * plane + taps[t]), n),
+                    (xp.as_ptr().add(j0 + taps[t]), n),
                     true,
                     1.0,
                     gemm::Parallelism::None,
