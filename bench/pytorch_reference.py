@@ -1031,7 +1031,7 @@ def run_inception(a) -> dict:
 
 
 # 3x3 "same" convolutions of `seqgan bench --stage kernels`: (channels in = out, map side).
-CONV_SHAPES = [(128, 32), (64, 32), (32, 32), (64, 16), (64, 8), (16, 32), (256, 8), (512, 4)]
+CONV_SHAPES = [(128, 32), (64, 32), (32, 32), (64, 16), (64, 8), (16, 32), (256, 8), (512, 4), (512, 16), (512, 32)]
 # Attention shapes of `seqgan bench --stage kernels`: the tiny and base MaskGIT blocks.
 ATTENTION_SHAPES = {"tiny": (32, 4, 65, 16), "base": (2, 16, 257, 48)}
 

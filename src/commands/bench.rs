@@ -387,7 +387,7 @@ pub fn bench_sampling(
 
 /// 3x3 "same" convolutions of the kernel benchmark: (channels in = out, map side), as in
 /// `bench/pytorch_reference.py`.
-const CONV_SHAPES: [(usize, usize); 8] = [
+const CONV_SHAPES: [(usize, usize); 10] = [
     (128, 32),
     (64, 32),
     (32, 32),
@@ -396,6 +396,8 @@ const CONV_SHAPES: [(usize, usize); 8] = [
     (16, 32),
     (256, 8),
     (512, 4),
+    (512, 16),
+    (512, 32),
 ];
 
 /// GEMM and convolution kernels alone, in GFLOP/s (multiply-add = 2 FLOPs).

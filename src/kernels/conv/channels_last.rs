@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::direct::{Isa, MIN_WIDTH, SMALL_MAP_MAX_CHANNELS, Shared, stride_one_3x3};
+use super::direct::{Isa, MIN_WIDTH, SMALL_MAP_MAX_CHANNELS, Shared, Weights, stride_one_3x3};
 use super::{Epilogue, Shape2d};
 use burn::tensor::ops::ConvOptions;
 
@@ -189,53 +189,6 @@ fn channels_last(
     out
 }
 
-/// A convolution's weights `[c_out][c_in][3][3]` as this kernel reads them: as they are (the
-/// forward), or transposed and flipped (the input gradient: output channel `ci`, input channel
-/// `co`, tap `8 - t`).
-#[derive(Clone, Copy)]
-enum Weights<'a> {
-    Forward(&'a [f32]),
-    Flipped(&'a [f32], usize),
-}
-
-impl Weights<'_> {
-    /// The block of output channels `o0..o0 + V` as `[tap][c][V]` into `dst` (zeros past
-    /// `c_out`), each source row read in order.
-    fn pack(self, dst: &mut [f32], o0: usize, c_out: usize, c: usize) {
-        let v = dst.len() / (TAPS * c);
-        let lanes = v.min(c_out - o0);
-        match self {
-            // w[o][i][t]: input channel by input channel, the lanes' nine taps (one short run
-            // of each lane's row; the rows' cache lines serve the next channels).
-            Weights::Forward(w) => {
-                let k = c * TAPS;
-                for i in 0..c {
-                    for lane in 0..lanes {
-                        let taps = &w[(o0 + lane) * k + i * TAPS..][..TAPS];
-                        for (t, &x) in taps.iter().enumerate() {
-                            dst[(t * c + i) * v + lane] = x;
-                        }
-                    }
-                }
-            }
-            // w[i][o][8 - t] (`c` rows of `c_out` x 9): lanes are consecutive runs of a row.
-            Weights::Flipped(w, c_out_w) => {
-                for i in 0..c {
-                    let row = &w[i * c_out_w * TAPS..(i + 1) * c_out_w * TAPS];
-                    for (lane, taps) in row[o0 * TAPS..(o0 + lanes) * TAPS]
-                        .chunks_exact(TAPS)
-                        .enumerate()
-                    {
-                        for (t, &x) in taps.iter().rev().enumerate() {
-                            dst[(t * c + i) * v + lane] = x;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// `conv(x, w)` for `x` `[batch][c][h][w]` padded by `pad` (`[top, bottom]`, `[left, right]`)
 /// with weights `w(o, i, tap)` (`c_out x c x 9`), into `y` `[batch][c_out][oh][ow]`, each
 /// output row finished with `finish(co, row)`.
@@ -271,7 +224,12 @@ fn convolve(
     weights
         .par_chunks_mut(TAPS * c * v)
         .enumerate()
-        .for_each(|(block, dst)| weight.pack(dst, block * v, c_out, c));
+        .for_each(|(block, dst)| {
+            let lanes = v.min(c_out - block * v);
+            weight.visit(block * v, lanes, c, |lane, i, t, x| {
+                dst[(t * c + i) * v + lane] = x;
+            });
+        });
     let ld = blocks * v;
     let mut out = vec![0.0f32; pixels.len() * ld];
     let f = Problem {
