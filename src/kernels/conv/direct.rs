@@ -22,7 +22,6 @@
 
 use rayon::prelude::*;
 
-use super::super::gemm_strided;
 use super::super::scratch::Scratch;
 use super::super::simd::{has_avx2, has_avx512};
 use super::{Epilogue, Shape2d};
@@ -170,6 +169,17 @@ pub(super) struct Shared(pub(super) *mut f32);
 // SAFETY: every user writes a part of the buffer no other task touches (see each use).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The pointer `i` floats on (a method, so that closures capture the `Sync` wrapper).
+    ///
+    /// # Safety
+    /// `i` must lie inside the buffer.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(i) }
+    }
+}
 
 /// A convolution's weights `[c_out][c_in][3][3]` as the kernels read them: as they are (the
 /// forward), or transposed and flipped (the input gradient, a convolution whose output
@@ -549,38 +559,53 @@ pub(super) fn weight_grad(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>)
     let (m, k) = (s.c_out, s.c_in);
     let per_part = n.div_ceil(rayon::current_num_threads()).max(1);
     let parts = n.div_ceil(per_part);
-    let tasks = 0..parts * TAPS;
-    let task = |task: usize| {
+    // Part `p`'s nine GEMMs write straight into `dW_p` `[c_out][c_in][9]` (tap `t` at column
+    // stride 9 from offset `t`): no per-tap result to transpose afterwards (measured: that
+    // transposition, with a zero-filled result per task, made the weight gradient of a
+    // 512-channel 16x16 layer run at 91 GFLOP/s). The parts are then summed in order.
+    let mut dws = vec![0.0f32; parts * m * k * TAPS];
+    let out = Shared(dws.as_mut_ptr());
+    (0..parts * TAPS).into_par_iter().for_each(|task| {
         let (part, t) = (task / TAPS, task % TAPS);
         let j0 = part * per_part;
         let len = per_part.min(n - j0);
-        let mut out = vec![0.0f32; m * k];
-        // out[co, ci] = sum over j0 <= j < j0 + len of G[co, j] X[ci, j + off_t]
-        // SAFETY: G's rows are `n` long and the window j0.. + len lies inside each; X's
-        // rows are `n` apart and a window ends at most `reach` past its row (inside the
-        // next row, or the `reach` floats after the last); `out` is owned.
+        // dW_p[co, ci, t] = sum over j0 <= j < j0 + len of G[co, j] X[ci, j + off_t]
+        // SAFETY: G's rows are `n` long and the window j0.. + len lies inside each; X's rows
+        // are `n` apart and a window ends at most `reach` past its row (inside the next row,
+        // or the `reach` floats after the last). The destination is part `part`'s `m x k`
+        // entries of tap `t` (row stride 9 k, column stride 9) inside `dws`, which only this
+        // task writes (tasks differ in part or tap).
         unsafe {
-            gemm_strided(
-                [m, k, len],
-                (out.as_mut_ptr(), k),
+            let dst = out.at(part * m * k * TAPS + t);
+            gemm::gemm(
+                m,
+                k,
+                len,
+                dst,
+                TAPS as isize,
+                (k * TAPS) as isize,
                 false,
-                (gq.as_ptr().add(j0), n),
-                false,
-                (xp.as_ptr().add(j0 + taps[t]), n),
-                true,
+                gq.as_ptr().add(j0),
+                1,
+                n as isize,
+                xp.as_ptr().add(j0 + taps[t]),
+                n as isize,
+                1,
                 1.0,
+                1.0,
+                false,
+                false,
+                false,
                 gemm::Parallelism::None,
             );
         }
-        out
-    };
-    let partials: Vec<Vec<f32>> = tasks.into_par_iter().map(task).collect();
-    let mut dw = vec![0.0f32; m * k * TAPS];
-    for (i, v) in dw.iter_mut().enumerate() {
-        let (co, ci, t) = (i / (k * TAPS), (i / TAPS) % k, i % TAPS);
-        *v = (0..parts)
-            .map(|part| partials[part * TAPS + t][co * k + ci])
-            .sum();
+    });
+    let mut parts_iter = dws.chunks_exact(m * k * TAPS);
+    let mut dw = parts_iter.next().expect("one part at least").to_vec();
+    for part in parts_iter {
+        for (d, v) in dw.iter_mut().zip(part) {
+            *d += v;
+        }
     }
     dw
 }
