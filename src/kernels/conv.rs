@@ -45,6 +45,7 @@ use super::simd::simd_dispatch;
 mod channels_last;
 mod direct;
 use super::{f32_slice, gemm_rm, gemm_strided, on_cpu, wrap};
+use direct::Isa;
 
 /// Convolution ops the CPU device gets from us (see the module doc).
 #[backend_extension(Autodiff, Flex)]
@@ -514,10 +515,11 @@ fn forward_f32(
     epilogue: &Epilogue,
 ) -> Vec<f32> {
     if direct::applies(s, o) {
-        return direct::forward(x, w, s, o, epilogue);
+        return direct::forward(direct::convolve, Isa::detect(), x, w, s, o, epilogue);
     }
     if channels_last::forward_applies(s, o) {
-        return channels_last::forward(x, w, s, o, epilogue);
+        let kernel = channels_last::convolve;
+        return direct::forward(kernel, Isa::detect(), x, w, s, o, epilogue);
     }
     if images_per_group(s) > 1 && s.oh * s.ow > 1 && s.c_out > 1 {
         return forward_grouped(x, w, s, o, epilogue);
@@ -578,10 +580,10 @@ fn forward_f32(
 /// it was read from (col2im), one input channel per task.
 fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
     if direct::applies(s, o) {
-        return direct::input_grad(g, w, s, o);
+        return direct::input_grad(direct::convolve, Isa::detect(), g, w, s, o);
     }
     if channels_last::input_grad_applies(s, o) {
-        return channels_last::input_grad(g, w, s, o);
+        return direct::input_grad(channels_last::convolve, Isa::detect(), g, w, s, o);
     }
     if images_per_group(s) > 1 {
         return input_grad_grouped(g, w, s, o);

@@ -18,8 +18,8 @@
 
 use rayon::prelude::*;
 
+use super::Shape2d;
 use super::direct::{Isa, MIN_WIDTH, SMALL_MAP_MAX_CHANNELS, Shared, Weights, stride_one_3x3};
-use super::{Epilogue, Shape2d};
 use burn::tensor::ops::ConvOptions;
 
 /// Kernel taps: 3x3 only.
@@ -189,11 +189,9 @@ fn channels_last(
     out
 }
 
-/// `conv(x, w)` for `x` `[batch][c][h][w]` padded by `pad` (`[top, bottom]`, `[left, right]`)
-/// with weights `w(o, i, tap)` (`c_out x c x 9`), into `y` `[batch][c_out][oh][ow]`, each
-/// output row finished with `finish(co, row)`.
+/// `direct::Convolve` on a channels-last copy of the input (see the module doc).
 #[allow(clippy::too_many_arguments)]
-fn convolve(
+pub(super) fn convolve(
     isa: Isa,
     x: &[f32],
     [batch, c, h, w]: [usize; 4],
@@ -202,7 +200,7 @@ fn convolve(
     c_out: usize,
     weight: Weights,
     y: &mut [f32],
-    finish: &(impl Fn(usize, &mut [f32]) + Sync),
+    finish: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
     let (rows, v) = tile(isa);
     let [hp, wp] = [h + pad[0].0 + pad[0].1, w + pad[1].0 + pad[1].1];
@@ -211,14 +209,13 @@ fn convolve(
     let taps: [usize; TAPS] =
         std::array::from_fn(|t| ((t / 3) * dilation[0] * wp + (t % 3) * dilation[1]) * c);
     let n = batch * oh * ow;
-    let mut pixels: Vec<usize> = (0..n.next_multiple_of(rows))
+    let pixels: Vec<usize> = (0..n.next_multiple_of(rows))
         .map(|p| {
             let p = p.min(n - 1);
             let (b, r, col) = (p / (oh * ow), (p / ow) % oh, p % ow);
             ((b * hp + r) * wp + col) * c
         })
         .collect();
-    pixels.shrink_to_fit();
     let blocks = c_out.div_ceil(v);
     let mut weights = vec![0.0f32; blocks * TAPS * c * v];
     weights
@@ -262,71 +259,11 @@ fn convolve(
     });
 }
 
-/// `y = conv(x, w)` with the epilogue, NCHW (see the module doc).
-pub(super) fn forward(
-    x: &[f32],
-    w: &[f32],
-    s: &Shape2d,
-    o: &ConvOptions<2>,
-    epilogue: &Epilogue,
-) -> Vec<f32> {
-    forward_on(Isa::detect(), x, w, s, o, epilogue)
-}
-
-/// [`forward`] on variant `isa`.
-fn forward_on(
-    isa: Isa,
-    x: &[f32],
-    w: &[f32],
-    s: &Shape2d,
-    o: &ConvOptions<2>,
-    epilogue: &Epilogue,
-) -> Vec<f32> {
-    let mut y = vec![0.0f32; s.batch * s.c_out * s.oh * s.ow];
-    convolve(
-        isa,
-        x,
-        [s.batch, s.c_in, s.h, s.w],
-        o.padding,
-        o.dilation,
-        s.c_out,
-        Weights::Forward(w),
-        &mut y,
-        &|co, row| epilogue.apply(co, row),
-    );
-    y
-}
-
-/// `dx` of `y = conv(x, w)` from `g = dL/dy`: the same kernel on `g` padded by
-/// `dilation (k - 1) - pad`, with `w` transposed and flipped.
-pub(super) fn input_grad(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    input_grad_on(Isa::detect(), g, w, s, o)
-}
-
-/// [`input_grad`] on variant `isa`.
-fn input_grad_on(isa: Isa, g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    let pad = [0, 1].map(|d| {
-        let reach = 2 * o.dilation[d];
-        (reach - o.padding[d].0, reach - o.padding[d].1)
-    });
-    let mut dx = vec![0.0f32; s.batch * s.c_in * s.h * s.w];
-    convolve(
-        isa,
-        g,
-        [s.batch, s.c_out, s.oh, s.ow],
-        pad,
-        o.dilation,
-        s.c_in,
-        Weights::Flipped(w, s.c_in),
-        &mut dx,
-        &|_, _| {},
-    );
-    dx
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::Epilogue;
     use super::super::direct::tests::{Loops, close, variants};
+    use super::super::direct::{forward, input_grad};
     use super::*;
 
     /// Every variant against the loops, forward and input gradient: output channels that
@@ -356,9 +293,9 @@ mod tests {
                 "{xs:?}"
             );
             for isa in variants() {
-                let y = forward_on(isa, &l.x, &l.w, &l.s, &o, &Epilogue::NONE);
+                let y = forward(convolve, isa, &l.x, &l.w, &l.s, &o, &Epilogue::NONE);
                 close(&y, &l.y, &format!("forward {xs:?} {isa:?}"));
-                let dx = input_grad_on(isa, &l.g, &l.w, &l.s, &o);
+                let dx = input_grad(convolve, isa, &l.g, &l.w, &l.s, &o);
                 close(&dx, &l.dx, &format!("input gradient {xs:?} {isa:?}"));
             }
         }

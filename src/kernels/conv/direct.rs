@@ -366,7 +366,7 @@ fn forward_image(
     [oh, ow]: [usize; 2],
     y: &mut [f32],
     parallel: bool,
-    finish: &(impl Fn(usize, &mut [f32]) + Sync),
+    finish: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
     let (rows, width) = (isa.rows(), isa.columns());
     let blocks = c_out.div_ceil(rows);
@@ -421,19 +421,25 @@ fn per_image(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32], bool) 
     }
 }
 
-/// `y = conv(x, w)` with the epilogue, NCHW (see the module doc).
-pub(super) fn forward(
-    x: &[f32],
-    w: &[f32],
-    s: &Shape2d,
-    o: &ConvOptions<2>,
-    epilogue: &Epilogue,
-) -> Vec<f32> {
-    forward_on(Isa::detect(), x, w, s, o, epilogue)
-}
+/// A direct kernel: `conv(x, weights)` for `x` `[batch][c][h][w]` padded by `pad`
+/// (`[top, bottom]`, `[left, right]`) with `c_out` output channels, into `y`
+/// `[batch][c_out][oh][ow]`, each output row finished with `finish(co, row)`: [`convolve`]
+/// here, `channels_last::convolve` for small maps.
+pub(super) type Convolve = fn(
+    Isa,
+    &[f32],
+    [usize; 4],
+    [(usize, usize); 2],
+    [usize; 2],
+    usize,
+    Weights,
+    &mut [f32],
+    &(dyn Fn(usize, &mut [f32]) + Sync),
+);
 
-/// [`forward`] on variant `isa`.
-fn forward_on(
+/// `y = conv(x, w)` with the epilogue, NCHW, on `kernel` variant `isa`.
+pub(super) fn forward(
+    kernel: Convolve,
     isa: Isa,
     x: &[f32],
     w: &[f32],
@@ -441,84 +447,83 @@ fn forward_on(
     o: &ConvOptions<2>,
     epilogue: &Epilogue,
 ) -> Vec<f32> {
-    let weights = pack(Weights::Forward(w), s.c_out, s.c_in, isa.rows());
-    let planes = Planes {
-        c: s.c_in,
-        hp: s.h + o.padding[0].0 + o.padding[0].1,
-        wp: s.w + o.padding[1].0 + o.padding[1].1,
-    };
-    let taps = planes.taps(o.dilation);
-    let (p, image) = (s.oh * s.ow, s.c_in * s.h * s.w);
-    let mut y = vec![0.0f32; s.batch * s.c_out * p];
-    per_image(&mut y, s.c_out * p, |b, yb, parallel| {
-        let mut xp = Scratch::take(planes.len());
-        let pad = [o.padding[0].0, o.padding[1].0];
-        pad_into(
-            &mut xp,
-            &x[b * image..(b + 1) * image],
-            &planes,
-            [s.h, s.w],
-            pad,
-        );
-        let finish = |co: usize, row: &mut [f32]| epilogue.apply(co, row);
-        forward_image(
-            isa,
-            &xp,
-            &planes,
-            taps,
-            &weights,
-            s.c_out,
-            [s.oh, s.ow],
-            yb,
-            parallel,
-            &finish,
-        );
-    });
+    let mut y = vec![0.0f32; s.batch * s.c_out * s.oh * s.ow];
+    kernel(
+        isa,
+        x,
+        [s.batch, s.c_in, s.h, s.w],
+        o.padding,
+        o.dilation,
+        s.c_out,
+        Weights::Forward(w),
+        &mut y,
+        &|co, row| epilogue.apply(co, row),
+    );
     y
 }
 
-/// `dx` of `y = conv(x, w)` from `g = dL/dy`: the forward kernel on `g` padded by
-/// `dilation (k - 1) - pad` with `w` transposed and flipped.
-pub(super) fn input_grad(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    input_grad_on(Isa::detect(), g, w, s, o)
+/// `dx` of `y = conv(x, w)` from `g = dL/dy` on `kernel` variant `isa`: the convolution of
+/// `g` padded by `dilation (k - 1) - pad` with `w` transposed and flipped
+/// (`dx[ci] = sum over co, taps t of w[co, ci, 8 - t] g[co]` shifted by tap `t`).
+pub(super) fn input_grad(
+    kernel: Convolve,
+    isa: Isa,
+    g: &[f32],
+    w: &[f32],
+    s: &Shape2d,
+    o: &ConvOptions<2>,
+) -> Vec<f32> {
+    let pad = [0, 1].map(|d| {
+        let reach = 2 * o.dilation[d];
+        (reach - o.padding[d].0, reach - o.padding[d].1)
+    });
+    let mut dx = vec![0.0f32; s.batch * s.c_in * s.h * s.w];
+    kernel(
+        isa,
+        g,
+        [s.batch, s.c_out, s.oh, s.ow],
+        pad,
+        o.dilation,
+        s.c_in,
+        Weights::Flipped(w, s.c_in),
+        &mut dx,
+        &|_, _| {},
+    );
+    dx
 }
 
-/// [`input_grad`] on variant `isa`.
-fn input_grad_on(isa: Isa, g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
-    // dx[ci] = sum over co, taps t of w[co, ci, 8 - t] g[co] shifted by tap t.
-    let weights = pack(Weights::Flipped(w, s.c_in), s.c_in, s.c_out, isa.rows());
-    let [top, left] = [0, 1].map(|d| 2 * o.dilation[d] - o.padding[d].0);
+/// [`Convolve`] on padded planes (see the module doc): images in parallel, or the tiles of
+/// one image.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn convolve(
+    isa: Isa,
+    x: &[f32],
+    [batch, c, h, w]: [usize; 4],
+    pad: [(usize, usize); 2],
+    dilation: [usize; 2],
+    c_out: usize,
+    weights: Weights,
+    y: &mut [f32],
+    finish: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let packed = pack(weights, c_out, c, isa.rows());
     let planes = Planes {
-        c: s.c_out,
-        hp: s.h + 2 * o.dilation[0],
-        wp: s.w + 2 * o.dilation[1],
+        c,
+        hp: h + pad[0].0 + pad[0].1,
+        wp: w + pad[1].0 + pad[1].1,
     };
-    let taps = planes.taps(o.dilation);
-    let (p, image) = (s.oh * s.ow, s.c_in * s.h * s.w);
-    let mut dx = vec![0.0f32; s.batch * image];
-    per_image(&mut dx, image, |b, dxb, parallel| {
-        let mut gp = Scratch::take(planes.len());
-        pad_into(
-            &mut gp,
-            &g[b * s.c_out * p..(b + 1) * s.c_out * p],
-            &planes,
-            [s.oh, s.ow],
-            [top, left],
-        );
+    let taps = planes.taps(dilation);
+    let out = [planes.hp - 2 * dilation[0], planes.wp - 2 * dilation[1]];
+    let image = c * h * w;
+    assert_eq!(y.len(), batch * c_out * out[0] * out[1], "output size");
+    per_image(y, c_out * out[0] * out[1], |b, yb, parallel| {
+        let mut xp = Scratch::take(planes.len());
+        let at = [pad[0].0, pad[1].0];
+        pad_into(&mut xp, &x[b * image..(b + 1) * image], &planes, [h, w], at);
         forward_image(
-            isa,
-            &gp,
-            &planes,
-            taps,
-            &weights,
-            s.c_in,
-            [s.h, s.w],
-            dxb,
-            parallel,
-            &|_, _| {},
+            isa, &xp, &planes, taps, &packed, c_out, out, yb, parallel, finish,
         );
     });
-    dx
 }
 
 /// `dW[co, ci, kh, kw]` of `y = conv(x, w)` from `g = dL/dy`: for each tap `t`,
@@ -550,11 +555,10 @@ pub(super) fn weight_grad(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>)
             pad_plane(dst, src, &planes, [s.h, s.w], at);
         });
     xp[s.c_in * n..].fill(0.0);
-    let grid = Planes { c: 1, ..planes };
     gq.par_chunks_mut(plane).enumerate().for_each(|(row, dst)| {
         let (co, b) = (row / s.batch, row % s.batch);
         let src = &g[(b * s.c_out + co) * p..][..p];
-        pad_plane(dst, src, &grid, [s.oh, s.ow], [0, 0]);
+        pad_plane(dst, src, &planes, [s.oh, s.ow], [0, 0]);
     });
     let (m, k) = (s.c_out, s.c_in);
     let per_part = n.div_ceil(rayon::current_num_threads()).max(1);
@@ -707,9 +711,9 @@ pub(super) mod tests {
         let l = Loops::new([2, 3, 17, 18], 7, &o);
         assert!(applies(&l.s, &o));
         for isa in variants() {
-            let y = forward_on(isa, &l.x, &l.w, &l.s, &o, &Epilogue::NONE);
+            let y = forward(convolve, isa, &l.x, &l.w, &l.s, &o, &Epilogue::NONE);
             close(&y, &l.y, &format!("forward {isa:?}"));
-            let dx = input_grad_on(isa, &l.g, &l.w, &l.s, &o);
+            let dx = input_grad(convolve, isa, &l.g, &l.w, &l.s, &o);
             close(&dx, &l.dx, &format!("input gradient {isa:?}"));
         }
         close(&weight_grad(&l.x, &l.g, &l.s, &o), &l.dw, "weight gradient");
