@@ -880,7 +880,7 @@ fn weight_grad_grouped(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) ->
 /// `dW[co, ci, kh, kw]` for contiguous NCHW `x` and `g` (groups = 1).
 fn weight_grad_f32(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
     if direct::weight_grad_applies(s, o) {
-        return direct::weight_grad(x, g, s, o);
+        return direct::weight_grad(Isa::detect(), x, g, s, o);
     }
     if images_per_group(s) > 1 {
         return weight_grad_grouped(x, g, s, o);

@@ -14,7 +14,7 @@
 //! `h x w` map (1.6x on 8x8, 2.3x on 4x4); the patch-matrix GEMMs of small maps spend theirs in
 //! building the patches and scattering their gradient back (measured in the README).
 //! The input gradient is the same kernel on the padded output gradient with the weights
-//! transposed and flipped; the weight gradient stays with the patch-matrix GEMMs.
+//! transposed and flipped; the weight gradient is `direct.rs`'s on padded NCHW planes.
 
 use rayon::prelude::*;
 

@@ -13,12 +13,17 @@
 //! - input gradient: the same kernel on the output gradient padded by `dilation (k - 1) - pad`,
 //!   with the weights transposed and flipped;
 //! - weight gradient: `dW[co, ci, tap] = sum over images, q of G[co, q] X[ci, q + off(tap)]`
-//!   with `G` on the padded grid (zeros in the dropped columns): per tap one GEMM whose
-//!   right-hand side is the padded planes themselves, shifted (a first version with its own
-//!   register tiles, nine taps by three channels, spilled them to the stack: forward +
-//!   backward at 128 channels ran at 143 GFLOP/s with it, 253 with the GEMMs).
+//!   with `G` on the padded grid (zeros in the dropped columns): a register tile of up to
+//!   eight output channels by one row of three taps of one input channel, `G`'s vectors and
+//!   the three shifted vectors of `X` loaded once per `3 R` FMAs into vector partial sums
+//!   (written with AVX-512 intrinsics: as arrays the compiler vectorised that loop nest along
+//!   output channels, with gathers). Earlier versions: a tile of nine taps by three channels
+//!   spilled to the stack (143 GFLOP/s forward + backward at 128 channels); one GEMM per tap
+//!   on the shifted planes (253) packed both operands, whose inner dimension is contiguous.
 //!
 //! Measured against the patch-matrix GEMMs (`seqgan bench --stage kernels`), see the README.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -91,6 +96,15 @@ impl Isa {
             Isa::Wide => 8,
             Isa::Narrow => 6,
             Isa::Plain => 4,
+        }
+    }
+
+    /// Weight-gradient register tile: `(most output channels R, lanes L)`, `3 R` accumulators.
+    fn weight_tile(self) -> (usize, usize) {
+        match self {
+            Isa::Wide => (8, 16),
+            Isa::Narrow => (4, 8),
+            Isa::Plain => (2, 4),
         }
     }
 
@@ -526,92 +540,362 @@ pub(super) fn convolve(
     });
 }
 
-/// `dW[co, ci, kh, kw]` of `y = conv(x, w)` from `g = dL/dy`: for each tap `t`,
-/// `dW[:, :, t] = G . X_t^T` with `G` `[c_out, n]` the output gradient on the padded grid of
-/// every image in turn (zeros in the dropped columns and rows) and `X_t` `[c_in, n]` the padded
-/// input planes, image after image per channel, shifted by the tap's offset: nine GEMMs over
-/// the whole batch, no patch matrix. The inner dimension (every image's planes in turn) is
-/// split in `threads` parts (nine GEMMs each, in parallel), summed in order.
-pub(super) fn weight_grad(x: &[f32], g: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+/// Positions per block of the weight gradient's inner dimension: a block of a tile's output
+/// gradient rows (8 x 4 KiB) stays in L1 while the tile passes over its input channels
+/// (kernel bench: 1024 slightly ahead of 512, whose partial sums went in and out twice as
+/// often; 64 channels 8x8 forward + backward 165 -> 179 GFLOP/s, its 800 positions now one
+/// block).
+const BLOCK: usize = 1024;
+
+/// Input channels per weight-gradient task: its input rows (32 x 4 KiB a block) stay in L2,
+/// its vector partial sums take 8 x 32 x 9 x 16 floats (147 KiB).
+const CHANNELS_PER_TASK: usize = 32;
+
+/// One weight-gradient problem: the output gradient and the input on the padded grid of every
+/// image in turn, each channel's row `ld` floats long (zeros past the last image), and the
+/// result `dW[c_out][c_in][9]`.
+struct WeightGrad<'a> {
+    /// `[c_out][ld]`: `G` on the padded grid (zeros in the dropped columns and rows).
+    g: &'a [f32],
+    /// `[c_in][ld]`, then the largest tap offset in zeros: the padded input planes.
+    x: &'a [f32],
+    ld: usize,
+    c_in: usize,
+    taps: [usize; TAPS],
+    dw: Shared,
+}
+
+impl WeightGrad<'_> {
+    /// dW's entry `(co, ci, t)`.
+    ///
+    /// # Safety
+    /// `co < c_out`, `ci < c_in`, `t < 9`, and only the task owning `co` and `ci` writes it
+    /// (tasks own disjoint blocks of output channels by runs of input channels).
+    unsafe fn entry(&self, co: usize, ci: usize, t: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.dw.at((co * self.c_in + ci) * TAPS + t) }
+    }
+}
+
+/// `dW[co, ci, kh, kw]` of `y = conv(x, w)` from `g = dL/dy`: `dW[co, ci, t] = sum over j of
+/// G[co, j] X[ci, j + off_t]` with `G` the output gradient on the padded grid of every image in
+/// turn (zeros in the dropped columns and rows) and `X` the padded input planes. A register
+/// tile is `R` output channels by one row of three taps of one input channel: per vector of
+/// positions, `R` aligned loads of `G` and three shifted loads of `X` for `3 R` FMAs into
+/// vector partial sums, whose lanes are summed once at the end. No GEMM packing: the per-tap
+/// GEMMs this replaces transposed both operands (the inner dimension is contiguous in each)
+/// and ran at 107-191 GFLOP/s on the tiny configs' layers (timed one by one); a tile of two
+/// output channels by nine taps (nine unaligned loads of `X` per 18 FMAs) was no faster than
+/// they were. Each entry sums its positions in the same order whatever the split between
+/// threads.
+pub(super) fn weight_grad(
+    isa: Isa,
+    x: &[f32],
+    g: &[f32],
+    s: &Shape2d,
+    o: &ConvOptions<2>,
+) -> Vec<f32> {
     let planes = Planes {
         c: 1,
         hp: s.h + o.padding[0].0 + o.padding[0].1,
         wp: s.w + o.padding[1].0 + o.padding[1].1,
     };
     let taps = planes.taps(o.dilation);
+    let (rows, lanes) = isa.weight_tile();
     let (p, hw, plane) = (s.oh * s.ow, s.h * s.w, planes.plane());
-    let n = s.batch * plane;
-    // X: [c_in][batch][plane] + the largest tap offset; G: [c_out][batch][plane].
+    let ld = (s.batch * plane).next_multiple_of(lanes);
     let reach = taps[TAPS - 1];
-    let mut xp = Scratch::take(s.c_in * n + reach);
-    let mut gq = Scratch::take(s.c_out * n);
+    let mut xp = Scratch::take(s.c_in * ld + reach);
+    let mut gq = Scratch::take(s.c_out * ld);
     let at = [o.padding[0].0, o.padding[1].0];
-    xp[..s.c_in * n]
-        .par_chunks_mut(plane)
+    xp[..s.c_in * ld]
+        .par_chunks_mut(ld)
         .enumerate()
-        .for_each(|(row, dst)| {
-            let (ci, b) = (row / s.batch, row % s.batch);
-            let src = &x[(b * s.c_in + ci) * hw..][..hw];
-            pad_plane(dst, src, &planes, [s.h, s.w], at);
+        .for_each(|(ci, dst)| {
+            for (b, out) in dst[..s.batch * plane].chunks_mut(plane).enumerate() {
+                let src = &x[(b * s.c_in + ci) * hw..][..hw];
+                pad_plane(out, src, &planes, [s.h, s.w], at);
+            }
+            dst[s.batch * plane..].fill(0.0);
         });
-    xp[s.c_in * n..].fill(0.0);
-    gq.par_chunks_mut(plane).enumerate().for_each(|(row, dst)| {
-        let (co, b) = (row / s.batch, row % s.batch);
-        let src = &g[(b * s.c_out + co) * p..][..p];
-        pad_plane(dst, src, &planes, [s.oh, s.ow], [0, 0]);
-    });
-    let (m, k) = (s.c_out, s.c_in);
-    let per_part = n.div_ceil(rayon::current_num_threads()).max(1);
-    let parts = n.div_ceil(per_part);
-    // Part `p`'s nine GEMMs write straight into `dW_p` `[c_out][c_in][9]` (tap `t` at column
-    // stride 9 from offset `t`): no per-tap result to transpose afterwards (measured: that
-    // transposition, with a zero-filled result per task, made the weight gradient of a
-    // 512-channel 16x16 layer run at 91 GFLOP/s). The parts are then summed in order.
-    let mut dws = vec![0.0f32; parts * m * k * TAPS];
-    let out = Shared(dws.as_mut_ptr());
-    (0..parts * TAPS).into_par_iter().for_each(|task| {
-        let (part, t) = (task / TAPS, task % TAPS);
-        let j0 = part * per_part;
-        let len = per_part.min(n - j0);
-        // dW_p[co, ci, t] = sum over j0 <= j < j0 + len of G[co, j] X[ci, j + off_t]
-        // SAFETY: G's rows are `n` long and the window j0.. + len lies inside each; X's rows
-        // are `n` apart and a window ends at most `reach` past its row (inside the next row,
-        // or the `reach` floats after the last). The destination is part `part`'s `m x k`
-        // entries of tap `t` (row stride 9 k, column stride 9) inside `dws`, which only this
-        // task writes (tasks differ in part or tap).
-        unsafe {
-            let dst = out.at(part * m * k * TAPS + t);
-            gemm::gemm(
-                m,
-                k,
-                len,
-                dst,
-                TAPS as isize,
-                (k * TAPS) as isize,
-                false,
-                gq.as_ptr().add(j0),
-                1,
-                n as isize,
-                xp.as_ptr().add(j0 + taps[t]),
-                n as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+    xp[s.c_in * ld..].fill(0.0);
+    gq.par_chunks_mut(ld).enumerate().for_each(|(co, dst)| {
+        for (b, out) in dst[..s.batch * plane].chunks_mut(plane).enumerate() {
+            let src = &g[(b * s.c_out + co) * p..][..p];
+            pad_plane(out, src, &planes, [s.oh, s.ow], [0, 0]);
         }
+        dst[s.batch * plane..].fill(0.0);
     });
-    let mut parts_iter = dws.chunks_exact(m * k * TAPS);
-    let mut dw = parts_iter.next().expect("one part at least").to_vec();
-    for part in parts_iter {
-        for (d, v) in dw.iter_mut().zip(part) {
-            *d += v;
+    let mut dw = vec![0.0f32; s.c_out * s.c_in * TAPS];
+    let problem = WeightGrad {
+        g: &gq,
+        x: &xp,
+        ld,
+        c_in: s.c_in,
+        taps,
+        dw: Shared(dw.as_mut_ptr()),
+    };
+    // Tasks: blocks of `rows` output channels by runs of input channels; each writes its own
+    // entries of dW.
+    let blocks = s.c_out.div_ceil(rows);
+    let runs = s.c_in.div_ceil(CHANNELS_PER_TASK);
+    (0..blocks * runs).into_par_iter().for_each(|task| {
+        let (b, run) = (task / runs, task % runs);
+        let ci = run * CHANNELS_PER_TASK..((run + 1) * CHANNELS_PER_TASK).min(s.c_in);
+        let co = b * rows..((b + 1) * rows).min(s.c_out);
+        weight_task(isa, &problem, co, ci);
+    });
+    dw
+}
+
+/// A block of positions of the weight gradient's inner dimension: the tiles' vector partial
+/// sums start at zero in the first block and become dW's entries after the last.
+#[derive(Clone)]
+struct Block {
+    k: Range<usize>,
+    first: bool,
+    last: bool,
+}
+
+/// dW's entries of output channels `co` (at most the variant's tile rows) and input channels
+/// `ci`: the positions in blocks of [`BLOCK`], each block over every input channel and row of
+/// taps, the tiles' vector partial sums kept in between.
+fn weight_task(isa: Isa, p: &WeightGrad, co: Range<usize>, ci: Range<usize>) {
+    let (most, lanes) = isa.weight_tile();
+    let per_row = ci.len() * TAPS * lanes;
+    let mut partial = Scratch::take(if p.ld > BLOCK { co.len() * per_row } else { 0 });
+    for k0 in (0..p.ld).step_by(BLOCK) {
+        let block = Block {
+            k: k0..(k0 + BLOCK).min(p.ld),
+            first: k0 == 0,
+            last: k0 + BLOCK >= p.ld,
+        };
+        // Tiles of 8, 4, 2 and 1 output channels cover the block's rows.
+        let mut r0 = 0;
+        while r0 < co.len() {
+            let rows = [8, 4, 2, 1]
+                .into_iter()
+                .find(|&r| r <= co.len() - r0 && r <= most)
+                .expect("1 fits");
+            let from = (r0 * per_row).min(partial.len());
+            let sums = &mut partial[from..];
+            weight_tiles(isa, p, co.start + r0, rows, ci.clone(), &block, sums);
+            r0 += rows;
         }
     }
-    dw
+}
+
+/// The sum of a vector's lanes, halving it in turn.
+fn lane_sum<const L: usize>(mut v: [f32; L]) -> f32 {
+    let mut width = L;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            v[l] += v[l + width];
+        }
+    }
+    v[0]
+}
+
+/// The tiles of output channels `co0..co0 + rows` by input channels `ci` over the positions
+/// of `block` (multiples of the vector width), their vector partial sums in `sums`
+/// (`[rows][ci][9][lanes]`, unused when the block is the only one), variant `isa`.
+fn weight_tiles(
+    isa: Isa,
+    p: &WeightGrad,
+    co0: usize,
+    rows: usize,
+    ci: Range<usize>,
+    block: &Block,
+    sums: &mut [f32],
+) {
+    // `weight_generic::<L, R>` for the `rows` at hand, `R` among the literals given.
+    macro_rules! by_rows {
+        ($args:tt, $rows:ident, $lanes:literal, $($r:literal),*) => {
+            match $rows {
+                $($r => weight_generic::<$lanes, $r> $args,)*
+                _ => unreachable!("tile rows"),
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+        fn wide(
+            p: &WeightGrad,
+            co0: usize,
+            rows: usize,
+            ci: Range<usize>,
+            block: &Block,
+            sums: &mut [f32],
+        ) {
+            match rows {
+                8 => weight_avx512::<8>(p, co0, ci, block, sums),
+                4 => weight_avx512::<4>(p, co0, ci, block, sums),
+                2 => weight_avx512::<2>(p, co0, ci, block, sums),
+                1 => weight_avx512::<1>(p, co0, ci, block, sums),
+                _ => unreachable!("tile rows"),
+            }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn narrow(
+            p: &WeightGrad,
+            co0: usize,
+            rows: usize,
+            ci: Range<usize>,
+            block: &Block,
+            sums: &mut [f32],
+        ) {
+            by_rows!((p, co0, ci, block, sums), rows, 8, 4, 2, 1)
+        }
+        match isa {
+            // SAFETY: `isa` comes from `Isa::detect`: the CPU has these features.
+            Isa::Wide => return unsafe { wide(p, co0, rows, ci, block, sums) },
+            // SAFETY: as above.
+            Isa::Narrow => return unsafe { narrow(p, co0, rows, ci, block, sums) },
+            Isa::Plain => {}
+        }
+    }
+    debug_assert_eq!(isa, Isa::Plain);
+    by_rows!((p, co0, ci, block, sums), rows, 4, 2, 1)
+}
+
+/// The bounds the weight-gradient tiles of output channels up to `co_end`, input channels
+/// `ci`, `lanes` lanes rely on: rows inside `G` and `X` (with the largest tap offset), the
+/// block inside a row in whole vectors, and `need` floats of partial sums when the block is
+/// not the only one.
+fn check(
+    p: &WeightGrad,
+    co_end: usize,
+    ci: &Range<usize>,
+    block: &Block,
+    lanes: usize,
+    need: usize,
+    sums: usize,
+) {
+    assert!(block.k.len().is_multiple_of(lanes) && block.k.end <= p.ld);
+    assert!(co_end * p.ld <= p.g.len() && ci.end * p.ld + p.taps[TAPS - 1] <= p.x.len());
+    assert!((block.first && block.last) || sums >= need);
+}
+
+/// [`weight_tiles`] for `R` output channels and vectors of `L` lanes.
+#[inline(always)]
+fn weight_generic<const L: usize, const R: usize>(
+    p: &WeightGrad,
+    co0: usize,
+    ci: Range<usize>,
+    block: &Block,
+    sums: &mut [f32],
+) {
+    const ROW: usize = 3;
+    let (k, per_row) = (block.k.clone(), ci.len() * TAPS * L);
+    check(p, co0 + R, &ci, block, L, R * per_row, sums.len());
+    let g = p.g.as_ptr();
+    for (i, c) in ci.enumerate() {
+        let x = p.x[c * p.ld..].as_ptr();
+        for row in 0..TAPS / ROW {
+            let offs: [usize; ROW] = std::array::from_fn(|t| p.taps[row * ROW + t]);
+            let at = |r: usize, t: usize| r * per_row + (i * TAPS + row * ROW + t) * L;
+            let mut acc = [[[0.0f32; L]; ROW]; R];
+            if !block.first {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    for (t, v) in a.iter_mut().enumerate() {
+                        v.copy_from_slice(&sums[at(r, t)..at(r, t) + L]);
+                    }
+                }
+            }
+            for j in k.clone().step_by(L) {
+                // SAFETY: rows co0..co0 + R of G and row c of X (plus the largest tap
+                // offset) lie inside their buffers (asserted above) and j + L <= k.end <= ld.
+                let gv: [[f32; L]; R] = std::array::from_fn(|r| unsafe {
+                    g.add((co0 + r) * p.ld + j)
+                        .cast::<[f32; L]>()
+                        .read_unaligned()
+                });
+                for (t, &off) in offs.iter().enumerate() {
+                    // SAFETY: as above.
+                    let xv = unsafe { x.add(j + off).cast::<[f32; L]>().read_unaligned() };
+                    for r in 0..R {
+                        for l in 0..L {
+                            acc[r][t][l] = gv[r][l].mul_add(xv[l], acc[r][t][l]);
+                        }
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                for (t, v) in a.iter().enumerate() {
+                    if block.last {
+                        // SAFETY: see `WeightGrad::entry`.
+                        unsafe { *p.entry(co0 + r, c, row * ROW + t) = lane_sum(*v) };
+                    } else {
+                        sums[at(r, t)..at(r, t) + L].copy_from_slice(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`weight_generic`] for AVX-512 with intrinsics (`R` output channels): written as arrays,
+/// the compiler vectorised that loop nest along output channels with gathers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+fn weight_avx512<const R: usize>(
+    p: &WeightGrad,
+    co0: usize,
+    ci: Range<usize>,
+    block: &Block,
+    sums: &mut [f32],
+) {
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+        _mm512_storeu_ps,
+    };
+    const L: usize = 16;
+    const ROW: usize = 3;
+    let (k, per_row) = (block.k.clone(), ci.len() * TAPS * L);
+    check(p, co0 + R, &ci, block, L, R * per_row, sums.len());
+    let (g, s) = (p.g.as_ptr(), sums.as_mut_ptr());
+    for (i, c) in ci.enumerate() {
+        let x = p.x[c * p.ld..].as_ptr();
+        for row in 0..TAPS / ROW {
+            let offs: [usize; ROW] = std::array::from_fn(|t| p.taps[row * ROW + t]);
+            let at = |r: usize, t: usize| r * per_row + (i * TAPS + row * ROW + t) * L;
+            // SAFETY: every `at(r, t) + L <= R per_row <= sums.len()` unless this block is
+            // the only one (`check`).
+            let mut acc: [[__m512; ROW]; R] = std::array::from_fn(|r| {
+                std::array::from_fn(|t| match block.first {
+                    true => _mm512_setzero_ps(),
+                    false => unsafe { _mm512_loadu_ps(s.add(at(r, t))) },
+                })
+            });
+            for j in k.clone().step_by(L) {
+                // SAFETY: rows co0..co0 + R of G and row c of X (plus the largest tap
+                // offset) lie inside their buffers (asserted above) and j + L <= k.end <= ld.
+                let gv: [__m512; R] = std::array::from_fn(|r| unsafe {
+                    _mm512_loadu_ps(g.add((co0 + r) * p.ld + j))
+                });
+                for (t, &off) in offs.iter().enumerate() {
+                    // SAFETY: as above.
+                    let xv = unsafe { _mm512_loadu_ps(x.add(j + off)) };
+                    for r in 0..R {
+                        acc[r][t] = _mm512_fmadd_ps(gv[r], xv, acc[r][t]);
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                for (t, &v) in a.iter().enumerate() {
+                    if block.last {
+                        // SAFETY: see `WeightGrad::entry`.
+                        unsafe { *p.entry(co0 + r, c, row * ROW + t) = _mm512_reduce_add_ps(v) };
+                    } else {
+                        // SAFETY: as the loads of `acc`.
+                        unsafe { _mm512_storeu_ps(s.add(at(r, t)), v) };
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -702,32 +986,37 @@ pub(super) mod tests {
         }
     }
 
-    /// Every variant against the loops, forward and input gradient; the weight gradient
-    /// (GEMMs) too. Small odd sizes: a partly filled last tile of rows and positions;
-    /// asymmetric padding, dilation along the width.
+    /// Every variant against the loops, forward and both gradients. Small odd sizes: a partly
+    /// filled last tile of rows and positions; asymmetric padding, dilation along the width.
+    /// The weight gradient also on the small map of a narrow layer (a batch of more images
+    /// than threads and one of fewer), and on a deep layer whose inner dimension spans two
+    /// blocks of positions and two tasks' runs of input channels, with a part-filled block of
+    /// output channels.
     #[test]
     fn variants_match_loops() {
         let o = ConvOptions::new_with_padding([1, 1], [(1, 2), (2, 1)], [1, 2], 1);
         let l = Loops::new([2, 3, 17, 18], 7, &o);
         assert!(applies(&l.s, &o));
+        let same = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let small: Vec<_> = [1, 5]
+            .map(|batch| Loops::new([batch, 5, 6, 7], 7, &same))
+            .into();
+        let deep = Loops::new([2, 40, 20, 40], 11, &same);
+        const { assert!(2 * 22 * 42 > BLOCK) };
         for isa in variants() {
             let y = forward(convolve, isa, &l.x, &l.w, &l.s, &o, &Epilogue::NONE);
             close(&y, &l.y, &format!("forward {isa:?}"));
             let dx = input_grad(convolve, isa, &l.g, &l.w, &l.s, &o);
             close(&dx, &l.dx, &format!("input gradient {isa:?}"));
-        }
-        close(&weight_grad(&l.x, &l.g, &l.s, &o), &l.dw, "weight gradient");
-        // The weight gradient of a small map of a narrow layer (a batch of more images than
-        // threads and one of fewer).
-        for batch in [1, 5] {
-            let o = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-            let l = Loops::new([batch, 5, 6, 7], 4, &o);
-            assert!(!applies(&l.s, &o) && weight_grad_applies(&l.s, &o));
-            close(
-                &weight_grad(&l.x, &l.g, &l.s, &o),
-                &l.dw,
-                "small-map weight gradient",
-            );
+            let dw = weight_grad(isa, &l.x, &l.g, &l.s, &o);
+            close(&dw, &l.dw, &format!("weight gradient {isa:?}"));
+            for l in &small {
+                assert!(!applies(&l.s, &same) && weight_grad_applies(&l.s, &same));
+                let dw = weight_grad(isa, &l.x, &l.g, &l.s, &same);
+                close(&dw, &l.dw, &format!("small-map weight gradient {isa:?}"));
+            }
+            let dw = weight_grad(isa, &deep.x, &deep.g, &deep.s, &same);
+            close(&dw, &deep.dw, &format!("two-block weight gradient {isa:?}"));
         }
     }
 }
