@@ -870,16 +870,18 @@ fn weight_avx512<const R: usize>(
                 })
             });
             for j in k.clone().step_by(L) {
+                // The three X vectors stay in registers while each G vector is loaded in
+                // turn: 3 R accumulators + 3 + 1 registers (all R of G at once, 4 R + 1,
+                // spilled at R = 8).
                 // SAFETY: rows co0..co0 + R of G and row c of X (plus the largest tap
                 // offset) lie inside their buffers (asserted above) and j + L <= k.end <= ld.
-                let gv: [__m512; R] = std::array::from_fn(|r| unsafe {
-                    _mm512_loadu_ps(g.add((co0 + r) * p.ld + j))
-                });
-                for (t, &off) in offs.iter().enumerate() {
+                let xv: [__m512; ROW] =
+                    std::array::from_fn(|t| unsafe { _mm512_loadu_ps(x.add(j + offs[t])) });
+                for (r, a) in acc.iter_mut().enumerate() {
                     // SAFETY: as above.
-                    let xv = unsafe { _mm512_loadu_ps(x.add(j + off)) };
-                    for r in 0..R {
-                        acc[r][t] = _mm512_fmadd_ps(gv[r], xv, acc[r][t]);
+                    let gv = unsafe { _mm512_loadu_ps(g.add((co0 + r) * p.ld + j)) };
+                    for (v, &xt) in a.iter_mut().zip(&xv) {
+                        *v = _mm512_fmadd_ps(gv, xt, *v);
                     }
                 }
             }
