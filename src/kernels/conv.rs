@@ -35,7 +35,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Shape, Slice, Tensor};
+use burn::tensor::{Device, Shape, Slice, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -82,6 +82,33 @@ pub trait ConvKernels: Backend {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         Self::conv2d_x_backward(x, weight, grad, options)
+    }
+
+    /// `conv2d(x, weight)` for a `weight` that takes no gradient (a frozen network's), with
+    /// `flipped` the same weights transposed and flipped (`[c_in, c_out, kh, kw]`, see
+    /// [`FrozenConv2d`]); its backward runs [`ConvKernels::conv2d_frozen_input_grad`] only.
+    fn conv2d_frozen(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        flipped: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let _ = flipped;
+        Self::conv2d_no_bias(x, weight, options)
+    }
+
+    /// The input gradient of [`ConvKernels::conv2d_frozen`]. Defaults to
+    /// [`ConvKernels::conv2d_input_grad`]; the CPU device computes small maps' as a forward
+    /// convolution with `flipped`.
+    fn conv2d_frozen_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        flipped: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let _ = flipped;
+        Self::conv2d_input_grad(x, weight, grad, options)
     }
 
     /// The gradient of `conv2d(x, weight)` with respect to `weight`, given the output's
@@ -157,6 +184,33 @@ fn output_size(
     Some([oh?, ow?])
 }
 
+/// [`ConvKernels::conv2d_input_grad`] on the CPU device, with the weights transposed and
+/// flipped when the caller has them ([`ConvKernels::conv2d_frozen_input_grad`]).
+fn input_grad_flex(
+    x: FlexTensor,
+    weight: FlexTensor,
+    flipped: Option<FlexTensor>,
+    grad: FlexTensor,
+    options: ConvOptions<2>,
+) -> FlexTensor {
+    let g = grad.shape().dims::<4>();
+    let Some((_, weight, s)) =
+        problem(&x, &weight, [g[2], g[3]], &options).filter(|_| grad.dtype() == DType::F32)
+    else {
+        return Flex::conv2d_x_backward(x, weight, grad, options);
+    };
+    let grad = grad.to_contiguous();
+    let flipped = flipped
+        .filter(|f| {
+            f.dtype() == DType::F32 && f.shape().dims::<4>() == [s.c_in, s.c_out, s.kh, s.kw]
+        })
+        .map(|f| f.to_contiguous());
+    let flipped = flipped.as_ref().map(f32_slice);
+    let dx = input_grad_f32(f32_slice(&grad), f32_slice(&weight), flipped, &s, &options);
+    GEMM_INPUT_GRADS.fetch_add(1, Ordering::Relaxed);
+    wrap(dx, [s.batch, s.c_in, s.h, s.w], DType::F32)
+}
+
 impl ConvKernels for Flex {
     fn conv2d_no_bias(
         x: FloatTensor<Self>,
@@ -218,16 +272,17 @@ impl ConvKernels for Flex {
         grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        let g = grad.shape().dims::<4>();
-        let Some((_, weight, s)) =
-            problem(&x, &weight, [g[2], g[3]], &options).filter(|_| grad.dtype() == DType::F32)
-        else {
-            return Flex::conv2d_x_backward(x, weight, grad, options);
-        };
-        let grad = grad.to_contiguous();
-        let dx = input_grad_f32(f32_slice(&grad), f32_slice(&weight), &s, &options);
-        GEMM_INPUT_GRADS.fetch_add(1, Ordering::Relaxed);
-        wrap(dx, [s.batch, s.c_in, s.h, s.w], DType::F32)
+        input_grad_flex(x, weight, None, grad, options)
+    }
+
+    fn conv2d_frozen_input_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        flipped: FlexTensor,
+        grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        input_grad_flex(x, weight, Some(flipped), grad, options)
     }
 
     fn conv2d_weight_grad(
@@ -301,6 +356,125 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
                 options,
             )),
         }
+    }
+
+    fn conv2d_frozen(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        flipped: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FrozenBackward;
+
+        impl<B: ConvKernels> Backward<B, 1> for FrozenBackward {
+            type State = (NodeId, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x_state, w, flipped, options) = ops.state;
+                let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_state);
+                if let Some(node) = node_x {
+                    let gx = B::conv2d_frozen_input_grad(x, w, flipped, grad, options);
+                    grads.register::<B>(node.id, gx);
+                }
+            }
+        }
+
+        assert!(
+            !weight.is_tracked() && !flipped.is_tracked(),
+            "conv2d_frozen: the weights must take no gradient"
+        );
+        let (w, flipped) = (weight.into_primitive(), flipped.into_primitive());
+        match FrozenBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let out = B::conv2d_no_bias(x.into_primitive(), w.clone(), options.clone());
+                prep.finish((x_state, w, flipped, options), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::conv2d_no_bias(x.into_primitive(), w, options))
+            }
+        }
+    }
+}
+
+/// A convolution whose weights take no gradient (a frozen network's, VGG-16 in the perceptual
+/// losses): it keeps its weights also transposed and flipped, so that on the CPU device the
+/// input gradient of small maps is a forward convolution with them, without laying the
+/// weights out again at every call (see `input_grad_f32`). Other devices run burn's conv2d.
+#[derive(Clone, Debug)]
+pub struct FrozenConv2d {
+    weight: Tensor<4>,
+    /// `weight` as `[c_in, c_out, kh, kw]`, taps reversed, contiguous.
+    flipped: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+}
+
+impl FrozenConv2d {
+    pub fn new(weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Self {
+        let device = weight.device();
+        // Materialised (into data and back): the kernels want it contiguous, and a strided
+        // view would be copied at every call.
+        let view = weight.clone().swap_dims(0, 1).flip([2, 3]);
+        let flipped = Tensor::from_data(view.into_data(), &device);
+        Self {
+            weight,
+            flipped,
+            bias,
+            options,
+        }
+    }
+
+    /// `conv2d(x, weight) + bias`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if !on_cpu(&x.device()) {
+            return burn_conv2d(
+                x,
+                self.weight.clone(),
+                self.bias.clone(),
+                self.options.clone(),
+            );
+        }
+        let y = Tensor::from_dispatch(<Dispatch as ConvKernels>::conv2d_frozen(
+            x.into_dispatch(),
+            self.weight.clone().into_dispatch(),
+            self.flipped.clone().into_dispatch(),
+            self.options.clone(),
+        ));
+        match &self.bias {
+            Some(b) => {
+                let c = b.dims()[0];
+                y + b.clone().reshape([1, c, 1, 1])
+            }
+            None => y,
+        }
+    }
+
+    /// The same convolution with its tensors on `device`.
+    pub fn to_device(&self, device: &Device) -> Self {
+        Self {
+            weight: self.weight.clone().to_device(device),
+            flipped: self.flipped.clone().to_device(device),
+            bias: self.bias.clone().map(|b| b.to_device(device)),
+            options: self.options.clone(),
+        }
+    }
+
+    /// The weights `[c_out, c_in, kh, kw]`.
+    pub fn weight(&self) -> &Tensor<4> {
+        &self.weight
     }
 }
 
@@ -578,7 +752,18 @@ fn forward_f32(
 /// `dx` of `y = conv(x, w)` from `g = dL/dy`: per batch element and tile of output rows,
 /// `dpatches = W^T . G_b[:, tile]`, then each patch entry is added back onto the input pixel
 /// it was read from (col2im), one input channel per task.
-fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+///
+/// `flipped`: the weights transposed and flipped, when the caller keeps them (a frozen
+/// network's): on small maps the gradient is then the forward convolution of `g` with them
+/// (measured on VGG-16's 256-512-channel 8x8-2x2 layers, whose col2im path ran at 90-200
+/// GFLOP/s; flipping the weights at every call instead cost as much as it saved).
+fn input_grad_f32(
+    g: &[f32],
+    w: &[f32],
+    flipped: Option<&[f32]>,
+    s: &Shape2d,
+    o: &ConvOptions<2>,
+) -> Vec<f32> {
     if direct::applies(s, o) {
         return direct::input_grad(direct::convolve, Isa::detect(), g, w, s, o);
     }
@@ -586,6 +771,9 @@ fn input_grad_f32(g: &[f32], w: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<
         return direct::input_grad(channels_last::convolve, Isa::detect(), g, w, s, o);
     }
     if images_per_group(s) > 1 {
+        if let Some(flipped) = flipped.filter(|_| direct::stride_one_3x3(s, o)) {
+            return input_grad_as_forward(g, flipped, s, o);
+        }
         return input_grad_grouped(g, w, s, o);
     }
     let k = s.c_in * s.kh * s.kw;
@@ -826,6 +1014,19 @@ fn forward_grouped(
         }
     });
     y
+}
+
+/// [`input_grad_f32`] of a 3x3 stride-1 convolution as the forward convolution of `g` padded
+/// by `dilation (k - 1) - pad` with `flipped` (the weights transposed and flipped).
+fn input_grad_as_forward(g: &[f32], flipped: &[f32], s: &Shape2d, o: &ConvOptions<2>) -> Vec<f32> {
+    let padding = direct::input_grad_padding(o);
+    let o = ConvOptions::new_with_padding([1, 1], padding, o.dilation, 1);
+    let t = Shape2d::new(
+        [s.batch, s.c_out, s.oh, s.ow],
+        [s.c_in, s.c_out, 3, 3],
+        [s.h, s.w],
+    );
+    forward_f32(g, flipped, &t, &o, &Epilogue::NONE)
 }
 
 /// [`input_grad_f32`] for small maps: one GEMM per group of images.
@@ -1245,6 +1446,62 @@ mod tests {
             .zip(after.iter().zip(before))
         {
             assert!(a - b >= n, "the {what}s did not come from our kernels");
+        }
+    }
+
+    /// [`FrozenConv2d`]: output and input gradient against burn's conv (the weights frozen),
+    /// on small maps of deep layers (the input gradient then a forward convolution with the
+    /// flipped weights, checked to be the route taken) and on a wide map (the direct kernel).
+    #[test]
+    fn frozen_conv_matches_burn_conv2d() {
+        let device = Device::flex().autodiff();
+        let cases = [
+            (
+                [3, 160, 4, 4],
+                144,
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
+            (
+                [2, 130, 5, 3],
+                136,
+                ConvOptions::new_with_padding([1, 1], [(0, 2), (2, 1)], [1, 2], 1),
+            ),
+            (
+                [2, 3, 20, 17],
+                5,
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            ),
+        ];
+        for (i, (xs, c_out, options)) in cases.into_iter().enumerate() {
+            let ws = [c_out, xs[1], 3, 3];
+            let [oh, ow] = [0, 1].map(|d| {
+                xs[2 + d] + options.padding[d].0 + options.padding[d].1 - options.dilation[d] * 2
+            });
+            let s = Shape2d::new(xs, ws, [oh, ow]);
+            let flipped_route = !direct::applies(&s, &options)
+                && !channels_last::input_grad_applies(&s, &options)
+                && images_per_group(&s) > 1;
+            assert_eq!(flipped_route, i < 2, "{xs:?}: route");
+            let x0 = Tensor::<4>::random(xs, Distribution::Normal(0.0, 1.0), &device);
+            let fan_in = (xs[1] * 9) as f64;
+            let w = Tensor::<4>::random(ws, Distribution::Normal(0.0, fan_in.powf(-0.5)), &device);
+            let b = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
+            let frozen = FrozenConv2d::new(w.clone(), Some(b.clone()), options.clone());
+            let run = |ours: bool| {
+                let x = x0.clone().require_grad();
+                let y = if ours {
+                    frozen.forward(x.clone())
+                } else {
+                    reference(x.clone(), w.clone(), Some(b.clone()), options.clone())
+                };
+                let grads = (y.clone() * y.clone().cos()).sum().backward();
+                let flat = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().expect("f32 data");
+                let dx = flat(x.grad(&grads).unwrap().flatten(0, 3));
+                (flat(y.detach().flatten(0, 3)), dx)
+            };
+            let (ours, theirs) = (run(true), run(false));
+            direct::tests::close(&ours.0, &theirs.0, &format!("output {xs:?}"));
+            direct::tests::close(&ours.1, &theirs.1, &format!("input gradient {xs:?}"));
         }
     }
 

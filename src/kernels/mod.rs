@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 pub use activation::{gelu, silu};
 pub use adam::{FusedAdam, FusedAdamW};
 pub use attention::{merge_heads, self_attention, split_heads};
-pub use conv::{conv_options, conv2d, conv2d_bias_relu, conv2d_with};
+pub use conv::{FrozenConv2d, conv_options, conv2d, conv2d_bias_relu, conv2d_with};
 pub use dropout::dropout;
 pub use linear::linear;
 pub use norm::{group_norm, layer_norm};

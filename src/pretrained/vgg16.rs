@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use std::collections::BTreeMap;
 
 use super::weights::WeightFile;
-use crate::kernels::{self, max_pool2d};
+use crate::kernels::{FrozenConv2d, max_pool2d};
 
 /// Output channels of the 13 convs; `None` marks a max-pool.
 const LAYOUT: [Option<usize>; 18] = [
@@ -71,10 +71,17 @@ pub struct VggOut {
     pub logits: Option<Tensor<2>>,
 }
 
+/// VGG-16's convolutions: 3x3, stride 1, padding 1.
+fn same_3x3() -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [1, 1], [1, 1], 1)
+}
+
 /// Frozen VGG-16.
 #[derive(Clone)]
 pub struct Vgg16 {
-    convs: Vec<(Tensor<4>, Tensor<1>)>,
+    /// The 13 convolutions (3x3, padding 1), frozen: their input gradients use their
+    /// transposed and flipped weights (see `FrozenConv2d`).
+    convs: Vec<FrozenConv2d>,
     classifier: Option<[Linear; 3]>,
     /// LPIPS v0.1 linear heads `(1, C, 1, 1)`, when the file has them.
     pub lpips_heads: Option<Vec<Tensor<4>>>,
@@ -129,7 +136,7 @@ impl Vgg16 {
             let i = CONV_INDICES[k];
             let w = file.get(&format!("features.{i}.weight"), [*cout, cin, 3, 3], device)?;
             let b = file.get(&format!("features.{i}.bias"), [*cout], device)?;
-            convs.push((w, b));
+            convs.push(FrozenConv2d::new(w, Some(b), same_3x3()));
             cin = *cout;
         }
         // Classifier sizes are read from the file (torchvision: 25088 -> 4096 -> 4096 -> 1000).
@@ -167,11 +174,7 @@ impl Vgg16 {
             bias: l.bias.clone().to_device(device),
         };
         Self {
-            convs: self
-                .convs
-                .iter()
-                .map(|(w, b)| (w.clone().to_device(device), b.clone().to_device(device)))
-                .collect(),
+            convs: self.convs.iter().map(|c| c.to_device(device)).collect(),
             classifier: self
                 .classifier
                 .as_ref()
@@ -205,17 +208,10 @@ impl Vgg16 {
         let mut taps = Vec::new();
         let mut h = x;
         let mut conv_k = 0;
-        let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
         for layer in LAYOUT {
             match layer {
                 Some(_) => {
-                    let (w, b) = &self.convs[conv_k];
-                    h = relu(kernels::conv2d_with(
-                        h,
-                        w.clone(),
-                        Some(b.clone()),
-                        opts.clone(),
-                    ));
+                    h = relu(self.convs[conv_k].forward(h));
                     if TAP_AFTER_CONV.contains(&conv_k) && taps.len() <= deepest {
                         taps.push(h.clone());
                     }

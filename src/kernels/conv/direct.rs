@@ -487,16 +487,12 @@ pub(super) fn input_grad(
     s: &Shape2d,
     o: &ConvOptions<2>,
 ) -> Vec<f32> {
-    let pad = [0, 1].map(|d| {
-        let reach = 2 * o.dilation[d];
-        (reach - o.padding[d].0, reach - o.padding[d].1)
-    });
     let mut dx = vec![0.0f32; s.batch * s.c_in * s.h * s.w];
     kernel(
         isa,
         g,
         [s.batch, s.c_out, s.oh, s.ow],
-        pad,
+        input_grad_padding(o),
         o.dilation,
         s.c_in,
         Weights::Flipped(w, s.c_in),
@@ -504,6 +500,16 @@ pub(super) fn input_grad(
         &|_, _| {},
     );
     dx
+}
+
+/// The padding of the output gradient under which the input gradient of a 3x3 stride-1
+/// convolution is a forward convolution (with the weights transposed and flipped):
+/// `dilation (k - 1) - pad` on each side.
+pub(super) fn input_grad_padding(o: &ConvOptions<2>) -> [(usize, usize); 2] {
+    [0, 1].map(|d| {
+        let reach = 2 * o.dilation[d];
+        (reach - o.padding[d].0, reach - o.padding[d].1)
+    })
 }
 
 /// [`Convolve`] on padded planes (see the module doc): images in parallel, or the tiles of
