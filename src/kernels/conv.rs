@@ -1342,14 +1342,17 @@ mod tests {
 
     /// The direct kernels (3x3, stride 1: padded planes on maps at least 16 wide, channels-last
     /// on smaller maps of narrow layers) against burn's conv, forward and both gradients: one
-    /// image (tiles split between threads) and several (images split), output channels that
-    /// leave the last register tile part empty, dilation, asymmetric and no padding, a deep
-    /// input.
+    /// image (tiles split between threads, or output channels) and several (images split),
+    /// output channels that leave the last register tile part empty, dilation, asymmetric and
+    /// no padding, a deep input.
     #[test]
     fn direct_kernels_match_burn_conv2d() {
         let same = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 8] = [
+        let cases: [([usize; 4], [usize; 4], ConvOptions<2>); 9] = [
             ([1, 3, 20, 17], [5, 3, 3, 3], same.clone()),
+            // One image whose weights outweigh its input: the threads split the output
+            // channels (on up to 2 threads; `direct::forward_image`).
+            ([1, 4, 16, 16], [40, 4, 3, 3], same.clone()),
             ([3, 16, 8, 8], [32, 16, 3, 3], same.clone()),
             ([2, 20, 4, 5], [17, 20, 3, 3], same.clone()),
             ([3, 6, 16, 18], [17, 6, 3, 3], same.clone()),
