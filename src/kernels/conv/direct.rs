@@ -90,7 +90,7 @@ impl Isa {
         }
     }
 
-    /// Output channels per forward register tile (weights are packed in blocks of this many).
+    /// Output channels per forward register tile.
     fn rows(self) -> usize {
         match self {
             Isa::Wide => 8,
@@ -249,28 +249,44 @@ impl Weights<'_> {
     }
 }
 
-/// `weights` (`c_out` output channels, `c` input channels) packed for the forward tiles:
-/// blocks of `rows` output channels, each `[c][tap][rows]` (zeros past `c_out`).
-fn pack(weights: Weights, c_out: usize, c: usize, rows: usize) -> Vec<f32> {
-    let blocks = c_out.div_ceil(rows);
-    let mut out = vec![0.0f32; blocks * c * TAPS * rows];
-    out.par_chunks_mut(c * TAPS * rows)
-        .enumerate()
-        .for_each(|(b, block)| {
-            let lanes = rows.min(c_out - b * rows);
-            weights.visit(b * rows, lanes, c, |lane, i, t, x| {
-                block[(i * TAPS + t) * rows + lane] = x;
-            });
-        });
-    out
+/// The forward tiles' view of a convolution's weights (`c_out` output channels, `c` input
+/// channels), read where they lie: entry `(o, i, t)` at `o so + i si + t`, or `+ 8 - t` when
+/// `flip`. A packed copy per call cost as long as a third of the convolution on layers whose
+/// weights were out of cache (paper256's 512-channel 16x16 layers: 2.6 ms a call, 0.26 s of
+/// a 7 s step in all): the tiles' broadcasts take any address.
+#[derive(Clone, Copy)]
+struct WeightView<'a> {
+    w: &'a [f32],
+    so: usize,
+    si: usize,
+    flip: bool,
+    c_out: usize,
 }
 
-/// One forward problem on padded planes: input planes, packed weights, output layout.
+impl<'a> WeightView<'a> {
+    fn new(weights: Weights<'a>, c_out: usize, c: usize) -> Self {
+        let view = match weights {
+            Weights::Forward(w) => (w, c * TAPS, TAPS, false),
+            Weights::Flipped(w, c_in) => (w, TAPS, c_in * TAPS, true),
+        };
+        let (w, so, si, flip) = view;
+        assert!(c_out > 0 && c > 0 && (c_out - 1) * so + (c - 1) * si + TAPS <= w.len());
+        Self {
+            w,
+            so,
+            si,
+            flip,
+            c_out,
+        }
+    }
+}
+
+/// One forward problem on padded planes: input planes, weights, output layout.
 struct Forward<'a> {
     x: &'a [f32],
     planes: &'a Planes,
     taps: [usize; TAPS],
-    weights: &'a [f32],
+    weights: WeightView<'a>,
     blocks: usize,
     /// Output `[blocks * rows][ld]`, `ld` a multiple of the tile width.
     out: Shared,
@@ -284,11 +300,17 @@ fn forward_tiles(isa: Isa, f: &Forward, q: Range<usize>, b: Range<usize>) {
     {
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
         fn wide(f: &Forward, q: Range<usize>, b: Range<usize>) {
-            forward_generic::<16, 8, 3>(f, q, b)
+            match f.weights.flip {
+                false => forward_generic::<16, 8, 3, false>(f, q, b),
+                true => forward_generic::<16, 8, 3, true>(f, q, b),
+            }
         }
         #[target_feature(enable = "avx2,fma")]
         fn narrow(f: &Forward, q: Range<usize>, b: Range<usize>) {
-            forward_generic::<8, 6, 2>(f, q, b)
+            match f.weights.flip {
+                false => forward_generic::<8, 6, 2, false>(f, q, b),
+                true => forward_generic::<8, 6, 2, true>(f, q, b),
+            }
         }
         match isa {
             // SAFETY: `isa` comes from `Isa::detect`: the CPU has these features.
@@ -299,19 +321,23 @@ fn forward_tiles(isa: Isa, f: &Forward, q: Range<usize>, b: Range<usize>) {
         }
     }
     debug_assert_eq!(isa, Isa::Plain);
-    forward_generic::<8, 4, 2>(f, q, b)
+    match f.weights.flip {
+        false => forward_generic::<8, 4, 2, false>(f, q, b),
+        true => forward_generic::<8, 4, 2, true>(f, q, b),
+    }
 }
 
-/// [`forward_tiles`] for `R` output channels by `C` vectors of `L` lanes.
+/// [`forward_tiles`] for `R` output channels by `C` vectors of `L` lanes, weights flipped
+/// when `FLIP`.
 #[inline(always)]
-fn forward_generic<const L: usize, const R: usize, const C: usize>(
+fn forward_generic<const L: usize, const R: usize, const C: usize, const FLIP: bool>(
     f: &Forward,
     qs: Range<usize>,
     bs: Range<usize>,
 ) {
     let (c_in, plane) = (f.planes.c, f.planes.plane());
-    let per_block = c_in * TAPS * R;
-    assert!(bs.end <= f.blocks && f.weights.len() >= f.blocks * per_block);
+    let wv = f.weights;
+    assert!(bs.end <= f.blocks && FLIP == wv.flip);
     assert!(qs.end <= f.ld && qs.end.is_multiple_of(L * C));
     // The sum over input channels runs in chunks whose inputs under one tile (its positions
     // and the two rows below, per channel) fit in about 32 KiB, so that they stay in L1 while
@@ -322,7 +348,10 @@ fn forward_generic<const L: usize, const R: usize, const C: usize>(
         let c1 = (c0 + chunk).min(c_in);
         for q in qs.clone().step_by(L * C) {
             for b in bs.clone() {
-                let w = &f.weights[b * per_block..(b + 1) * per_block];
+                // Rows past the last output channel read the last one (their outputs are
+                // dropped).
+                let rows: [usize; R] = std::array::from_fn(|r| (b * R + r).min(wv.c_out - 1));
+                let rows = rows.map(|o| o * wv.so);
                 // SAFETY: rows `b R + r`, positions q..q + L C of the output, which only this
                 // task reads and writes (tasks own disjoint ranges of q or of blocks); inside
                 // `[blocks R][ld]`.
@@ -339,19 +368,21 @@ fn forward_generic<const L: usize, const R: usize, const C: usize>(
                 }
                 for ci in c0..c1 {
                     let base = ci * plane + q;
-                    let wc = &w[ci * TAPS * R..(ci + 1) * TAPS * R];
+                    let wi = ci * wv.si;
                     for (t, &off) in f.taps.iter().enumerate() {
                         let src = &f.x[base + off..base + off + L * C];
                         let mut xv = [[0.0f32; L]; C];
                         for (c, v) in xv.iter_mut().enumerate() {
                             v.copy_from_slice(&src[c * L..(c + 1) * L]);
                         }
-                        let wt = &wc[t * R..(t + 1) * R];
+                        let tap = if FLIP { TAPS - 1 - t } else { t };
                         for r in 0..R {
-                            let wv = wt[r];
+                            // SAFETY: `o so + i si + tap` with o < c_out, i < c_in, tap < 9
+                            // lies inside the weights (`WeightView::new`).
+                            let w = unsafe { *wv.w.get_unchecked(rows[r] + wi + tap) };
                             for c in 0..C {
                                 for l in 0..L {
-                                    acc[r][c][l] = wv.mul_add(xv[c][l], acc[r][c][l]);
+                                    acc[r][c][l] = w.mul_add(xv[c][l], acc[r][c][l]);
                                 }
                             }
                         }
@@ -376,7 +407,7 @@ fn forward_image(
     x: &[f32],
     planes: &Planes,
     taps: [usize; TAPS],
-    weights: &[f32],
+    weights: WeightView,
     c_out: usize,
     [oh, ow]: [usize; 2],
     y: &mut [f32],
@@ -543,7 +574,7 @@ pub(super) fn convolve(
     y: &mut [f32],
     finish: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
-    let packed = pack(weights, c_out, c, isa.rows());
+    let weights = WeightView::new(weights, c_out, c);
     let planes = Planes {
         c,
         hp: h + pad[0].0 + pad[0].1,
@@ -558,7 +589,7 @@ pub(super) fn convolve(
         let at = [pad[0].0, pad[1].0];
         pad_into(&mut xp, &x[b * image..(b + 1) * image], &planes, [h, w], at);
         forward_image(
-            isa, &xp, &planes, taps, &packed, c_out, out, yb, parallel, finish,
+            isa, &xp, &planes, taps, weights, c_out, out, yb, parallel, finish,
         );
     });
 }
