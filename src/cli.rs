@@ -404,9 +404,10 @@ pub enum BenchStage {
     Inception,
     /// The device's measured float32 arithmetic peak (burn's throughput probe; GPU backends).
     Peak,
-    /// Kernel micro-benchmarks: a `--res` x `--res` float32 matrix product, and a 3x3
-    /// convolution 128 -> 128 channels on `--batch` x 32x32 maps, forward and forward +
-    /// backward (compare with `bench/pytorch_reference.py --stage kernels`).
+    /// Kernel micro-benchmarks: a `--res` x `--res` float32 matrix product, 3x3 "same"
+    /// convolutions at the models' shapes (16-512 channels in = out, 4x4-32x32 maps, `--batch`
+    /// images; burn-flex's too at 128 channels), forward and forward + backward, and attention
+    /// (compare with `bench/pytorch_reference.py --stage kernels`).
     Kernels,
 }
 
