@@ -18,6 +18,8 @@
 
 use rayon::prelude::*;
 
+use super::super::scratch::Scratch;
+
 use super::Shape2d;
 use super::direct::{Isa, MIN_WIDTH, SMALL_MAP_MAX_CHANNELS, Shared, Weights, stride_one_3x3};
 use burn::tensor::ops::ConvOptions;
@@ -161,23 +163,27 @@ fn tiles_generic<const L: usize, const R: usize, const C: usize>(
 }
 
 /// `[batch][c][h][w]` into zero-padded channels-last `[batch][hp][wp][c]` (then `c` floats of
-/// slack), the map at offset `top`/`left`.
+/// slack), the map at offset `top`/`left`; a scratch buffer, every entry written.
 fn channels_last(
     src: &[f32],
     [batch, c, h, w]: [usize; 4],
     [hp, wp]: [usize; 2],
     [top, left]: [usize; 2],
-) -> Vec<f32> {
+) -> Scratch {
     let image = hp * wp * c;
-    let mut out = vec![0.0f32; batch * image + c];
+    let mut out = Scratch::take(batch * image + c);
+    out[batch * image..].fill(0.0);
     out[..batch * image]
         .par_chunks_mut(wp * c)
         .enumerate()
         .for_each(|(row, dst)| {
             let (b, r) = (row / hp, row % hp);
             if r < top || r >= top + h {
+                dst.fill(0.0);
                 return;
             }
+            dst[..left * c].fill(0.0);
+            dst[(left + w) * c..].fill(0.0);
             let plane = &src[b * c * h * w..(b + 1) * c * h * w];
             for (ci, channel) in plane.chunks_exact(h * w).enumerate() {
                 let line = &channel[(r - top) * w..(r - top + 1) * w];
@@ -217,18 +223,22 @@ pub(super) fn convolve(
         })
         .collect();
     let blocks = c_out.div_ceil(v);
-    let mut weights = vec![0.0f32; blocks * TAPS * c * v];
+    let mut weights = Scratch::take(blocks * TAPS * c * v);
     weights
         .par_chunks_mut(TAPS * c * v)
         .enumerate()
         .for_each(|(block, dst)| {
             let lanes = v.min(c_out - block * v);
+            if lanes < v {
+                dst.fill(0.0);
+            }
             weight.visit(block * v, lanes, c, |lane, i, t, x| {
                 dst[(t * c + i) * v + lane] = x;
             });
         });
     let ld = blocks * v;
-    let mut out = vec![0.0f32; pixels.len() * ld];
+    // Every entry is written: each tile's first chunk of the sum stores its accumulators.
+    let mut out = Scratch::take(pixels.len() * ld);
     let f = Problem {
         x: &xcl,
         c,
