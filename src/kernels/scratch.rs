@@ -75,6 +75,25 @@ impl Drop for Scratch {
     }
 }
 
+/// Fills every rayon worker's and this thread's kept buffers with NaN (as many as are kept,
+/// a million floats each), so that a kernel reading scratch it did not write shows NaN in a
+/// test.
+#[cfg(test)]
+pub(super) fn poison() {
+    let fill = || {
+        let held: Vec<Scratch> = (0..KEPT)
+            .map(|_| {
+                let mut s = Scratch::take(1 << 20);
+                s.fill(f32::NAN);
+                s
+            })
+            .collect();
+        drop(held);
+    };
+    rayon::broadcast(|_| fill());
+    fill();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -271,6 +271,7 @@ pub(super) fn convolve(
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::scratch::poison;
     use super::super::Epilogue;
     use super::super::direct::tests::{Loops, close, variants};
     use super::super::direct::{forward, input_grad};
@@ -278,7 +279,7 @@ mod tests {
 
     /// Every variant against the loops, forward and input gradient: output channels that
     /// leave the last block of lanes part empty (17, 40), more pixels than one tile and fewer,
-    /// a 2x2 map, dilation and asymmetric padding.
+    /// a 2x2 map, dilation and asymmetric padding; the scratch buffers poisoned with NaN first.
     #[test]
     fn variants_match_loops() {
         let same = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
@@ -303,6 +304,7 @@ mod tests {
                 "{xs:?}"
             );
             for isa in variants() {
+                poison();
                 let y = forward(convolve, isa, &l.x, &l.w, &l.s, &o, &Epilogue::NONE);
                 close(&y, &l.y, &format!("forward {xs:?} {isa:?}"));
                 let dx = input_grad(convolve, isa, &l.g, &l.w, &l.s, &o);

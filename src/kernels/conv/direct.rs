@@ -960,6 +960,7 @@ fn weight_avx512<const R: usize>(
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::super::super::scratch::poison;
     use super::*;
 
     /// The variants this CPU runs: AVX-512 and AVX2 where it has them, and the plain build.
@@ -1064,6 +1065,7 @@ pub(super) mod tests {
         let deep = Loops::new([2, 40, 20, 40], 11, &same);
         const { assert!(2 * 22 * 42 > BLOCK) };
         for isa in variants() {
+            poison();
             let y = forward(convolve, isa, &l.x, &l.w, &l.s, &o, &Epilogue::NONE);
             close(&y, &l.y, &format!("forward {isa:?}"));
             let dx = input_grad(convolve, isa, &l.g, &l.w, &l.s, &o);
