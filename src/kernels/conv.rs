@@ -167,6 +167,20 @@ fn problem(
     Some((x.to_contiguous(), weight.to_contiguous(), shape))
 }
 
+/// [`problem`] for a gradient, given the output's gradient `grad`: `(x, weight, grad)`
+/// contiguous with the sizes, or `None` where our kernels do not apply.
+fn grad_problem(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor, Shape2d)> {
+    let g = grad.shape().dims::<4>();
+    let (x, weight, s) =
+        problem(x, weight, [g[2], g[3]], options).filter(|_| grad.dtype() == DType::F32)?;
+    Some((x, weight, grad.to_contiguous(), s))
+}
+
 /// The output size of a forward convolution, `None` where the kernel does not fit.
 fn output_size(
     x: &FlexTensor,
@@ -193,13 +207,9 @@ fn input_grad_flex(
     grad: FlexTensor,
     options: ConvOptions<2>,
 ) -> FlexTensor {
-    let g = grad.shape().dims::<4>();
-    let Some((_, weight, s)) =
-        problem(&x, &weight, [g[2], g[3]], &options).filter(|_| grad.dtype() == DType::F32)
-    else {
+    let Some((_, weight, grad, s)) = grad_problem(&x, &weight, &grad, &options) else {
         return Flex::conv2d_x_backward(x, weight, grad, options);
     };
-    let grad = grad.to_contiguous();
     let flipped = flipped
         .filter(|f| {
             f.dtype() == DType::F32 && f.shape().dims::<4>() == [s.c_in, s.c_out, s.kh, s.kw]
@@ -291,13 +301,9 @@ impl ConvKernels for Flex {
         grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> FlexTensor {
-        let g = grad.shape().dims::<4>();
-        let Some((x, weight, s)) =
-            problem(&x, &weight, [g[2], g[3]], &options).filter(|_| grad.dtype() == DType::F32)
-        else {
+        let Some((x, _, grad, s)) = grad_problem(&x, &weight, &grad, &options) else {
             return Flex::conv2d_weight_backward(x, weight, grad, options);
         };
-        let grad = grad.to_contiguous();
         let dw = weight_grad_f32(f32_slice(&x), f32_slice(&grad), &s, &options);
         GEMM_WEIGHT_GRADS.fetch_add(1, Ordering::Relaxed);
         wrap(dw, weight.shape().dims::<4>(), DType::F32)
