@@ -17,6 +17,10 @@
 //! Batch elements run in parallel when there are at least as many as threads (serial GEMMs),
 //! otherwise in turn with parallel patches and GEMMs.
 //!
+//! A frozen network's convolutions ([`FrozenConv2d`], VGG-16's) keep their weights transposed
+//! and flipped as well: their input gradient on small maps is then the forward convolution of
+//! the output gradient with them (no col2im), and no weight gradient is computed.
+//!
 //! The op enters through burn's backend-extension point: [`ConvKernels`] is implemented for
 //! the Flex backend (our kernel) and for `Autodiff<B>` (the backward step that calls it). Other
 //! devices (wgpu, CUDA) take burn's `conv2d` unchanged: [`conv2d`] dispatches on the device.
@@ -476,11 +480,6 @@ impl FrozenConv2d {
             bias: self.bias.clone().map(|b| b.to_device(device)),
             options: self.options.clone(),
         }
-    }
-
-    /// The weights `[c_out, c_in, kh, kw]`.
-    pub fn weight(&self) -> &Tensor<4> {
-        &self.weight
     }
 }
 
