@@ -21,7 +21,9 @@ use rayon::prelude::*;
 use super::super::scratch::Scratch;
 
 use super::Shape2d;
-use super::direct::{Isa, MIN_WIDTH, SMALL_MAP_MAX_CHANNELS, Shared, Weights, stride_one_3x3};
+use super::direct::{
+    Isa, MIN_WIDTH, SMALL_MAP_MAX_CHANNELS, Shared, WeightView, Weights, stride_one_3x3,
+};
 use burn::tensor::ops::ConvOptions;
 
 /// Kernel taps: 3x3 only.
@@ -223,6 +225,7 @@ pub(super) fn convolve(
         })
         .collect();
     let blocks = c_out.div_ceil(v);
+    let weight = WeightView::new(weight, c_out, c);
     let mut weights = Scratch::take(blocks * TAPS * c * v);
     weights
         .par_chunks_mut(TAPS * c * v)

@@ -205,57 +205,14 @@ pub(super) enum Weights<'a> {
     Flipped(&'a [f32], usize),
 }
 
-impl Weights<'_> {
-    /// Calls `put(lane, i, t, w(o0 + lane, i, t))` for `lanes` output channels from `o0`, every
-    /// input channel `i < c` and tap, reading the source in runs of at least nine floats (a
-    /// packing that read it along output channels, strided by a whole row, took a third of a
-    /// 512-channel 16x16 convolution).
-    pub(super) fn visit(
-        self,
-        o0: usize,
-        lanes: usize,
-        c: usize,
-        mut put: impl FnMut(usize, usize, usize, f32),
-    ) {
-        match self {
-            // w[o][i][t]: input channel by input channel, each lane's nine taps (the rows' cache
-            // lines serve the next channels).
-            Weights::Forward(w) => {
-                let k = c * TAPS;
-                for i in 0..c {
-                    for lane in 0..lanes {
-                        let taps = &w[(o0 + lane) * k + i * TAPS..][..TAPS];
-                        for (t, &x) in taps.iter().enumerate() {
-                            put(lane, i, t, x);
-                        }
-                    }
-                }
-            }
-            // w[i][o][8 - t] (`c` rows of `c_in` x 9): the lanes are one run of a row.
-            Weights::Flipped(w, c_in) => {
-                for i in 0..c {
-                    let row = &w[i * c_in * TAPS..(i + 1) * c_in * TAPS];
-                    for (lane, taps) in row[o0 * TAPS..(o0 + lanes) * TAPS]
-                        .chunks_exact(TAPS)
-                        .enumerate()
-                    {
-                        for (t, &x) in taps.iter().rev().enumerate() {
-                            put(lane, i, t, x);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The forward tiles' view of a convolution's weights (`c_out` output channels, `c` input
-/// channels), read where they lie: entry `(o, i, t)` at `o so + i si + t`, or `+ 8 - t` when
-/// `flip`. A packed copy per call cost as long as a third of the convolution on layers whose
-/// weights were out of cache (paper256's 512-channel 16x16 layers: 2.6 ms a call, 0.26 s of
-/// a 7 s step in all): the tiles' broadcasts take any address.
+/// A convolution's [`Weights`] (`c_out` output channels, `c` input channels) as the kernels
+/// index them, where they lie: entry `(o, i, t)` at `o so + i si + t`, or `+ 8 - t` when
+/// `flip`. The forward tiles read it directly: a packed copy per call cost as long as a third
+/// of the convolution on layers whose weights were out of cache (paper256's 512-channel 16x16
+/// layers: 2.6 ms a call, 0.26 s of a 7 s step in all), and the tiles' broadcasts take any
+/// address.
 #[derive(Clone, Copy)]
-struct WeightView<'a> {
+pub(super) struct WeightView<'a> {
     w: &'a [f32],
     so: usize,
     si: usize,
@@ -264,7 +221,7 @@ struct WeightView<'a> {
 }
 
 impl<'a> WeightView<'a> {
-    fn new(weights: Weights<'a>, c_out: usize, c: usize) -> Self {
+    pub(super) fn new(weights: Weights<'a>, c_out: usize, c: usize) -> Self {
         let view = match weights {
             Weights::Forward(w) => (w, c * TAPS, TAPS, false),
             Weights::Flipped(w, c_in) => (w, TAPS, c_in * TAPS, true),
@@ -277,6 +234,28 @@ impl<'a> WeightView<'a> {
             si,
             flip,
             c_out,
+        }
+    }
+
+    /// Calls `put(lane, i, t, w(o0 + lane, i, t))` for `lanes` output channels from `o0`, every
+    /// input channel `i < c` and tap: input channel by input channel, each lane's nine taps,
+    /// so that the source is read in runs of nine floats (a packing that read it along output
+    /// channels, strided by a whole row, took a third of a 512-channel 16x16 convolution).
+    pub(super) fn visit(
+        &self,
+        o0: usize,
+        lanes: usize,
+        c: usize,
+        mut put: impl FnMut(usize, usize, usize, f32),
+    ) {
+        assert!(o0 + lanes <= self.c_out);
+        for i in 0..c {
+            for lane in 0..lanes {
+                let taps = &self.w[(o0 + lane) * self.so + i * self.si..][..TAPS];
+                for t in 0..TAPS {
+                    put(lane, i, t, taps[if self.flip { TAPS - 1 - t } else { t }]);
+                }
+            }
         }
     }
 }
