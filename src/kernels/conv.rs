@@ -422,23 +422,20 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvKernels for Autodiff<B, C> {
 /// A convolution whose weights take no gradient (a frozen network's, VGG-16 in the perceptual
 /// losses): it keeps its weights also transposed and flipped, so that on the CPU device the
 /// input gradient of small maps is a forward convolution with them, without laying the
-/// weights out again at every call (see `input_grad_f32`). Other devices run burn's conv2d.
+/// weights out again at every call (see `input_grad_f32`). Other devices run burn's conv2d
+/// and keep no flipped copy.
 #[derive(Clone, Debug)]
 pub struct FrozenConv2d {
     weight: Tensor<4>,
-    /// `weight` as `[c_in, c_out, kh, kw]`, taps reversed, contiguous.
-    flipped: Tensor<4>,
+    /// `weight` as `[c_in, c_out, kh, kw]`, taps reversed, contiguous; on the CPU device only.
+    flipped: Option<Tensor<4>>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 }
 
 impl FrozenConv2d {
     pub fn new(weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>) -> Self {
-        let device = weight.device();
-        // Materialised (into data and back): the kernels want it contiguous, and a strided
-        // view would be copied at every call.
-        let view = weight.clone().swap_dims(0, 1).flip([2, 3]);
-        let flipped = Tensor::from_data(view.into_data(), &device);
+        let flipped = Self::flip(&weight);
         Self {
             weight,
             flipped,
@@ -447,20 +444,30 @@ impl FrozenConv2d {
         }
     }
 
+    /// `weight` transposed and flipped on the CPU device, materialised (into data and back):
+    /// the kernels want it contiguous, and a strided view would be copied at every call.
+    fn flip(weight: &Tensor<4>) -> Option<Tensor<4>> {
+        let device = weight.device();
+        on_cpu(&device).then(|| {
+            let view = weight.clone().swap_dims(0, 1).flip([2, 3]);
+            Tensor::from_data(view.into_data(), &device)
+        })
+    }
+
     /// `conv2d(x, weight) + bias`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        if !on_cpu(&x.device()) {
+        let Some(flipped) = self.flipped.clone().filter(|_| on_cpu(&x.device())) else {
             return burn_conv2d(
                 x,
                 self.weight.clone(),
                 self.bias.clone(),
                 self.options.clone(),
             );
-        }
+        };
         let y = Tensor::from_dispatch(<Dispatch as ConvKernels>::conv2d_frozen(
             x.into_dispatch(),
             self.weight.clone().into_dispatch(),
-            self.flipped.clone().into_dispatch(),
+            flipped.into_dispatch(),
             self.options.clone(),
         ));
         match &self.bias {
@@ -474,9 +481,10 @@ impl FrozenConv2d {
 
     /// The same convolution with its tensors on `device`.
     pub fn to_device(&self, device: &Device) -> Self {
+        let weight = self.weight.clone().to_device(device);
         Self {
-            weight: self.weight.clone().to_device(device),
-            flipped: self.flipped.clone().to_device(device),
+            flipped: Self::flip(&weight),
+            weight,
             bias: self.bias.clone().map(|b| b.to_device(device)),
             options: self.options.clone(),
         }
