@@ -22,11 +22,16 @@ thread_local! {
 /// `len` floats borrowed from this thread's buffers (see the module doc).
 pub(super) struct Scratch {
     buf: Vec<f32>,
+    /// Floats before the first one handed out, which starts on a 64-byte boundary.
+    skip: usize,
     len: usize,
 }
 
+/// Floats in a 64-byte cache line (and AVX-512 vector).
+const LINE: usize = 16;
+
 impl Scratch {
-    /// A buffer of `len` floats, contents unspecified.
+    /// A buffer of `len` floats starting on a 64-byte boundary, contents unspecified.
     pub(super) fn take(len: usize) -> Self {
         let mut buf = FREE.with(|free| {
             let mut free = free.borrow_mut();
@@ -37,23 +42,25 @@ impl Scratch {
                 .or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
             fit.map(|i| free.swap_remove(i)).unwrap_or_default()
         });
-        if buf.len() < len {
-            buf.resize(len, 0.0);
+        if buf.len() < len + LINE - 1 {
+            buf.resize(len + LINE - 1, 0.0);
         }
-        Self { buf, len }
+        let skip = buf.as_ptr().align_offset(LINE * 4);
+        assert!(skip < LINE, "f32 buffers are 4-byte aligned");
+        Self { buf, skip, len }
     }
 }
 
 impl Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.buf[..self.len]
+        &self.buf[self.skip..self.skip + self.len]
     }
 }
 
 impl DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.buf[..self.len]
+        &mut self.buf[self.skip..self.skip + self.len]
     }
 }
 

@@ -123,6 +123,10 @@ struct Planes {
     c: usize,
     hp: usize,
     wp: usize,
+    /// Floats from one plane to the next: `hp wp` rounded up to a multiple of 16 in the
+    /// forward (each plane starts on a 64-byte boundary: kernel bench 128 channels 256x256
+    /// forward 335-343 -> 351 GFLOP/s).
+    stride: usize,
 }
 
 /// Floats after the last plane: a tile reads at most one tile width past the last valid `q`.
@@ -130,7 +134,7 @@ const SLACK: usize = 64;
 
 impl Planes {
     fn plane(&self) -> usize {
-        self.hp * self.wp
+        self.stride
     }
 
     fn len(&self) -> usize {
@@ -157,7 +161,7 @@ fn pad_plane(
     [h, w]: [usize; 2],
     [top, left]: [usize; 2],
 ) {
-    for (r, row) in dst[..p.plane()].chunks_mut(p.wp).enumerate() {
+    for (r, row) in dst[..p.hp * p.wp].chunks_mut(p.wp).enumerate() {
         if r < top || r >= top + h {
             row.fill(0.0);
             continue;
@@ -166,6 +170,7 @@ fn pad_plane(
         row[left..left + w].copy_from_slice(&src[(r - top) * w..(r - top + 1) * w]);
         row[left + w..].fill(0.0);
     }
+    dst[p.hp * p.wp..p.plane()].fill(0.0);
 }
 
 /// `src` (`c` planes of `h x w`) into `dst` as [`Planes`] padded by `top`/`left`, slack zeroed.
@@ -306,6 +311,13 @@ fn forward_tiles(isa: Isa, f: &Forward, q: Range<usize>, b: Range<usize>) {
     }
 }
 
+/// Partial sums a forward task keeps between chunks of input channels, per span of positions
+/// (256 KiB): on paper256's 128-channel 256x256 layers a task's whole range (4 MiB) went to
+/// memory and back at every chunk (forward 301 -> 318-320 GFLOP/s in the step, input
+/// gradient 315 -> 333-340); one tile per span kept the output in L1 but streamed the
+/// weights of deep layers at every tile (512 channels 32x32: 368 -> 330).
+const SPAN_FLOATS: usize = 65536;
+
 /// [`forward_tiles`] for `R` output channels by `C` vectors of `L` lanes, weights flipped
 /// when `FLIP`.
 #[inline(always)]
@@ -321,58 +333,77 @@ fn forward_generic<const L: usize, const R: usize, const C: usize, const FLIP: b
     // The sum over input channels runs in chunks whose inputs under one tile (its positions
     // and the two rows below, per channel) fit in about 32 KiB, so that they stay in L1 while
     // every block of output channels uses them; partial sums wait in the output between
-    // chunks (the same order of terms as one pass).
+    // chunks (the same order of terms as one pass), in spans of positions whose partial sums
+    // fit in [`SPAN_FLOATS`] (so that they wait in L2, not in memory).
     let chunk = (8192 / (L * C + f.taps[TAPS - 1])).max(4);
-    for c0 in (0..c_in).step_by(chunk) {
-        let c1 = (c0 + chunk).min(c_in);
-        for q in qs.clone().step_by(L * C) {
-            for b in bs.clone() {
-                // Rows past the last output channel read the last one (their outputs are
-                // dropped).
-                let rows: [usize; R] = std::array::from_fn(|r| (b * R + r).min(wv.c_out - 1));
-                let rows = rows.map(|o| o * wv.so);
-                // SAFETY: rows `b R + r`, positions q..q + L C of the output, which only this
-                // task reads and writes (tasks own disjoint ranges of q or of blocks); inside
-                // `[blocks R][ld]`.
-                let dst: [&mut [f32]; R] = std::array::from_fn(|r| unsafe {
-                    std::slice::from_raw_parts_mut(f.out.0.add((b * R + r) * f.ld + q), L * C)
-                });
-                let mut acc = [[[0.0f32; L]; C]; R];
-                if c0 > 0 {
-                    for (a, d) in acc.iter_mut().zip(&dst) {
-                        for (c, v) in a.iter_mut().enumerate() {
-                            v.copy_from_slice(&d[c * L..(c + 1) * L]);
-                        }
-                    }
+    let span = (SPAN_FLOATS / (bs.len() * R)).max(L * C) / (L * C) * (L * C);
+    // Every tile's reads lie inside the planes and their slack.
+    assert!((c_in - 1) * plane + qs.end + f.taps[TAPS - 1] <= f.x.len());
+    for q0 in qs.clone().step_by(span) {
+        for c0 in (0..c_in).step_by(chunk) {
+            let cs = c0..(c0 + chunk).min(c_in);
+            for q in (q0..(q0 + span).min(qs.end)).step_by(L * C) {
+                for b in bs.clone() {
+                    forward_tile::<L, R, C, FLIP>(f, q, b, cs.clone());
                 }
-                for ci in c0..c1 {
-                    let base = ci * plane + q;
-                    let wi = ci * wv.si;
-                    for (t, &off) in f.taps.iter().enumerate() {
-                        let src = &f.x[base + off..base + off + L * C];
-                        let mut xv = [[0.0f32; L]; C];
-                        for (c, v) in xv.iter_mut().enumerate() {
-                            v.copy_from_slice(&src[c * L..(c + 1) * L]);
+            }
+        }
+    }
+}
+
+/// One register tile of [`forward_generic`]: output channels `b R..(b + 1) R` at positions
+/// `q..q + L C`, input channels `cs` added to the partial sums the output holds (none when
+/// `cs` starts at 0).
+#[inline(always)]
+fn forward_tile<const L: usize, const R: usize, const C: usize, const FLIP: bool>(
+    f: &Forward,
+    q: usize,
+    b: usize,
+    cs: Range<usize>,
+) {
+    let (wv, plane) = (f.weights, f.planes.plane());
+    // Rows past the last output channel read the last one (their outputs are dropped).
+    let rows: [usize; R] = std::array::from_fn(|r| (b * R + r).min(wv.c_out - 1) * wv.so);
+    // SAFETY: rows `b R + r`, positions q..q + L C of the output, which only this task reads
+    // and writes (tasks own disjoint ranges of q or of blocks); inside `[blocks R][ld]`.
+    let dst: [&mut [f32]; R] = std::array::from_fn(|r| unsafe {
+        std::slice::from_raw_parts_mut(f.out.0.add((b * R + r) * f.ld + q), L * C)
+    });
+    let mut acc = [[[0.0f32; L]; C]; R];
+    if cs.start > 0 {
+        for (a, d) in acc.iter_mut().zip(&dst) {
+            for (c, v) in a.iter_mut().enumerate() {
+                v.copy_from_slice(&d[c * L..(c + 1) * L]);
+            }
+        }
+    }
+    for ci in cs {
+        // SAFETY: input channel ci < c_in, positions q + tap offsets + L C within the planes
+        // and their slack (asserted by the caller); weights as below.
+        unsafe {
+            let px = f.x.as_ptr().add(ci * plane + q);
+            let pw = wv.w.as_ptr().add(ci * wv.si);
+            for (t, &off) in f.taps.iter().enumerate() {
+                let src = px.add(off);
+                let xv: [[f32; L]; C] =
+                    std::array::from_fn(|c| src.add(c * L).cast::<[f32; L]>().read_unaligned());
+                let pt = pw.add(if FLIP { TAPS - 1 - t } else { t });
+                for r in 0..R {
+                    // `o so + i si + tap` with o < c_out, i < c_in, tap < 9 lies inside the
+                    // weights (`WeightView::new`).
+                    let w = *pt.add(rows[r]);
+                    for c in 0..C {
+                        for l in 0..L {
+                            acc[r][c][l] = w.mul_add(xv[c][l], acc[r][c][l]);
                         }
-                        let tap = if FLIP { TAPS - 1 - t } else { t };
-                        for r in 0..R {
-                            // SAFETY: `o so + i si + tap` with o < c_out, i < c_in, tap < 9
-                            // lies inside the weights (`WeightView::new`).
-                            let w = unsafe { *wv.w.get_unchecked(rows[r] + wi + tap) };
-                            for c in 0..C {
-                                for l in 0..L {
-                                    acc[r][c][l] = w.mul_add(xv[c][l], acc[r][c][l]);
-                                }
-                            }
-                        }
-                    }
-                }
-                for (rows, d) in acc.iter().zip(dst) {
-                    for (c, v) in rows.iter().enumerate() {
-                        d[c * L..(c + 1) * L].copy_from_slice(v);
                     }
                 }
             }
+        }
+    }
+    for (rows, d) in acc.iter().zip(dst) {
+        for (c, v) in rows.iter().enumerate() {
+            d[c * L..(c + 1) * L].copy_from_slice(v);
         }
     }
 }
@@ -554,10 +585,12 @@ pub(super) fn convolve(
     finish: &(dyn Fn(usize, &mut [f32]) + Sync),
 ) {
     let weights = WeightView::new(weights, c_out, c);
+    let (hp, wp) = (h + pad[0].0 + pad[0].1, w + pad[1].0 + pad[1].1);
     let planes = Planes {
         c,
-        hp: h + pad[0].0 + pad[0].1,
-        wp: w + pad[1].0 + pad[1].1,
+        hp,
+        wp,
+        stride: (hp * wp).next_multiple_of(16),
     };
     let taps = planes.taps(dilation);
     let out = [planes.hp - 2 * dilation[0], planes.wp - 2 * dilation[1]];
@@ -628,10 +661,15 @@ pub(super) fn weight_grad(
     s: &Shape2d,
     o: &ConvOptions<2>,
 ) -> Vec<f32> {
+    let (hp, wp) = (
+        s.h + o.padding[0].0 + o.padding[0].1,
+        s.w + o.padding[1].0 + o.padding[1].1,
+    );
     let planes = Planes {
         c: 1,
-        hp: s.h + o.padding[0].0 + o.padding[0].1,
-        wp: s.w + o.padding[1].0 + o.padding[1].1,
+        hp,
+        wp,
+        stride: hp * wp,
     };
     let taps = planes.taps(o.dilation);
     let (rows, lanes) = isa.weight_tile();
@@ -639,11 +677,9 @@ pub(super) fn weight_grad(
     let ld = (s.batch * plane).next_multiple_of(lanes);
     let reach = taps[TAPS - 1];
     let mut xp = Scratch::take(s.c_in * ld + reach);
-    // G's rows start on 64-byte boundaries (`ld` is a multiple of 16 floats), so that its
-    // vector loads, eight per three of X in a tile, are aligned.
-    let mut g_buf = Scratch::take(s.c_out * ld + 16);
-    let skip = g_buf.as_ptr().align_offset(64).min(16);
-    let gq = &mut g_buf[skip..skip + s.c_out * ld];
+    // G's rows start on 64-byte boundaries (scratch is aligned and `ld` a multiple of 16
+    // floats), so that its vector loads, eight per three of X in a tile, are aligned.
+    let mut gq = Scratch::take(s.c_out * ld);
     let at = [o.padding[0].0, o.padding[1].0];
     xp[..s.c_in * ld]
         .par_chunks_mut(ld)
@@ -665,7 +701,7 @@ pub(super) fn weight_grad(
     });
     let mut dw = vec![0.0f32; s.c_out * s.c_in * TAPS];
     let problem = WeightGrad {
-        g: gq,
+        g: &gq,
         x: &xp,
         ld,
         c_in: s.c_in,
