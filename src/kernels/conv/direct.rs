@@ -194,7 +194,7 @@ impl Shared {
     ///
     /// # Safety
     /// `i` must lie inside the buffer.
-    unsafe fn at(&self, i: usize) -> *mut f32 {
+    pub(super) unsafe fn at(&self, i: usize) -> *mut f32 {
         // SAFETY: the caller's contract.
         unsafe { self.0.add(i) }
     }
@@ -256,12 +256,17 @@ impl<'a> WeightView<'a> {
         assert!(o0 + lanes <= self.c_out);
         for i in 0..c {
             for lane in 0..lanes {
-                let taps = &self.w[(o0 + lane) * self.so + i * self.si..][..TAPS];
-                for t in 0..TAPS {
-                    put(lane, i, t, taps[if self.flip { TAPS - 1 - t } else { t }]);
+                for (t, w) in self.kernel(o0 + lane, i).into_iter().enumerate() {
+                    put(lane, i, t, w);
                 }
             }
         }
+    }
+
+    /// The nine taps `w(o, i, t)` of output channel `o` and input channel `i`.
+    pub(super) fn kernel(&self, o: usize, i: usize) -> [f32; TAPS] {
+        let taps = &self.w[o * self.so + i * self.si..][..TAPS];
+        std::array::from_fn(|t| taps[if self.flip { TAPS - 1 - t } else { t }])
     }
 }
 
@@ -480,7 +485,7 @@ fn forward_image(
 
 /// Runs `f(b, out_b)` for each image's `chunk` of `out`: images in parallel (each serial) when
 /// there are at least as many as threads, otherwise in turn (each parallel inside).
-fn per_image(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
+pub(super) fn per_image(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
     let batch = out.len() / chunk.max(1);
     if batch >= rayon::current_num_threads() {
         out.par_chunks_mut(chunk)
