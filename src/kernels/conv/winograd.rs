@@ -26,6 +26,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::super::scratch::Scratch;
+use super::super::simd::simd_dispatch;
 use super::Shape2d;
 use super::direct::{self, Isa, Shared, WeightView, Weights};
 use burn::tensor::ops::ConvOptions;
@@ -40,12 +41,12 @@ const NT: usize = 48;
 /// Transformed coordinates per tile (4 x 4).
 const XI: usize = 16;
 
-/// Smallest side (input and output) taking this path. On 32x32 maps the weights' transform
-/// (16 floats per pair of channels, at every call) and the transforms cost as much as they
-/// save (kernel bench, batch 1, forward: 128 channels 341 -> 286 GFLOP/s, 512: 366 -> 318);
-/// from 64x64 on this path wins (128 channels 128x128: 340 -> 553; 512 channels 64x64:
-/// 374 -> 498).
-const MIN_SIDE: usize = 64;
+/// Smallest side (input and output) taking this path: a row of 16 tiles, so that the vectors
+/// of tiles are full (a 16x16 map would fill half of each). On 32x32 maps this path lost while
+/// the weights' transform ran one entry at a time (8 ms for 512 x 512 channels); vectorised,
+/// it wins there too (kernel bench, batch 1, forward + backward: 512 channels 356 -> 441
+/// GFLOP/s, 128 channels 312 -> 374, 64 channels 269 -> 285).
+const MIN_SIDE: usize = 32;
 
 /// Channels (input and output) this path takes: fewer leave the products too short to pay for
 /// the transforms; `U` takes `16 c_out c_in` floats (16 MiB at 512).
@@ -206,31 +207,59 @@ fn deinterleave(pairs: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
 }
 
 /// `U[xi][co][ci] = (G g G^T)[xi]` for each output channel's 3x3 kernels `g`, with
-/// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
+/// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`: output channels in
+/// parallel, sixteen input channels at a time (one entry at a time, with sixteen scattered
+/// stores each, it took 8 ms for 512 x 512 channels, as long as half the convolution on 32x32
+/// maps).
 fn transform_weights(w: &WeightView, c_out: usize, c: usize) -> Vec<f32> {
     let mut u = vec![0.0f32; XI * c_out * c];
     let dst = Shared(u.as_mut_ptr());
-    (0..c_out).into_par_iter().for_each(|o| {
-        for i in 0..c {
-            let g = w.kernel(o, i);
-            // G g: the kernel's rows combined, column by column (gg[column][row]).
-            let gg: [[f32; 4]; 3] = std::array::from_fn(|j| {
-                let (p, q, r) = (g[j], g[3 + j], g[6 + j]);
-                [p, 0.5 * (p + q + r), 0.5 * (p - q + r), r]
-            });
-            // (G g) G^T: columns combined.
-            for r in 0..4 {
-                let (p, q, z) = (gg[0][r], gg[1][r], gg[2][r]);
-                let row = [p, 0.5 * (p + q + z), 0.5 * (p - q + z), z];
-                for (k, v) in row.into_iter().enumerate() {
-                    // SAFETY: entry (4 r + k, o, i) of [XI][c_out][c], written by the task of
-                    // output channel o only.
-                    unsafe { *dst.at(((4 * r + k) * c_out + o) * c + i) = v };
+    (0..c_out)
+        .into_par_iter()
+        .for_each(|o| transform_kernels(w, c_out, c, o, dst));
+    u
+}
+
+simd_dispatch! {
+    /// Output channel `o`'s entries of `U` (see [`transform_weights`]).
+    fn transform_kernels(w: &WeightView, c_out: usize, c: usize, o: usize, dst: Shared)
+        => transform_kernels_generic
+}
+
+#[inline(always)]
+fn transform_kernels_generic(w: &WeightView, c_out: usize, c: usize, o: usize, dst: Shared) {
+    for i0 in (0..c).step_by(VEC) {
+        let n = VEC.min(c - i0);
+        // g[t][l]: tap t of input channel i0 + l (zeros past the last).
+        let mut g = [[0.0f32; VEC]; 9];
+        for l in 0..n {
+            for (t, v) in w.kernel(o, i0 + l).into_iter().enumerate() {
+                g[t][l] = v;
+            }
+        }
+        let comb = |p: &[f32; VEC], q: &[f32; VEC], r: &[f32; VEC]| -> [[f32; VEC]; 4] {
+            let mut out = [[0.0f32; VEC]; 4];
+            for l in 0..VEC {
+                out[0][l] = p[l];
+                out[1][l] = 0.5 * (p[l] + q[l] + r[l]);
+                out[2][l] = 0.5 * (p[l] - q[l] + r[l]);
+                out[3][l] = r[l];
+            }
+            out
+        };
+        // G g: the kernel's rows combined, column by column (gg[column][row]); then (G g) G^T.
+        let gg: [[[f32; VEC]; 4]; 3] = std::array::from_fn(|j| comb(&g[j], &g[3 + j], &g[6 + j]));
+        for r in 0..4 {
+            for (k, row) in comb(&gg[0][r], &gg[1][r], &gg[2][r]).iter().enumerate() {
+                // SAFETY: entries (4 r + k, o, i0..i0 + n) of [XI][c_out][c], written by the
+                // task of output channel o only.
+                unsafe {
+                    let at = dst.at(((4 * r + k) * c_out + o) * c + i0);
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), at, n);
                 }
             }
         }
-    });
-    u
+    }
 }
 
 /// [`direct::Convolve`] by Winograd F(2x2, 3x3) (see the module doc): images in parallel, or
