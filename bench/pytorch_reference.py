@@ -1051,7 +1051,7 @@ def run_kernels(a) -> dict:
     x, y = torch.rand(n, n) * 2 - 1, torch.rand(n, n) * 2 - 1
     with torch.inference_mode():
         rate("matmul", 2.0 * n**3, lambda: (x @ y).sum().item())
-    for c, side in CONV_SHAPES:
+    for c, side in a.conv_shapes or CONV_SHAPES:
         flop = 2.0 * batch * c * c * 9 * side * side
         inp = torch.rand(batch, c, side, side) * 2 - 1
         w = (torch.rand(c, c, 3, 3) * 2 - 1) * 0.03
@@ -1083,6 +1083,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", choices=["tokenizer", "decoder", "transformer", "sample", "inception", "kernels"], default="tokenizer")
     ap.add_argument("--res", type=int, default=1024, help="kernels: matrix side")
+    ap.add_argument("--conv-shapes", type=lambda v: [tuple(map(int, t.split("x"))) for t in v.split(",")], default=None,
+                    help="kernels: 3x3 convolutions as CHANNELSxSIDE,... (as seqgan bench --conv-shapes)")
     ap.add_argument("--config", default="tiny", help="tokenizer preset in configs/ (tiny, paper256, ...) or a JSON file")
     ap.add_argument("--transformer", default="tiny", help="transformer preset (tiny, base, ...) or a JSON file")
     ap.add_argument("--arch", choices=["maskgit", "gpt"], default="maskgit")

@@ -411,6 +411,15 @@ pub enum BenchStage {
     Kernels,
 }
 
+/// `CHANNELSxSIDE` of `bench --conv-shapes`.
+fn parse_conv_shape(s: &str) -> Result<(usize, usize), String> {
+    let parse = |v: &str| v.parse::<usize>().ok().filter(|&n| n > 0);
+    match s.split_once('x').map(|(c, n)| (parse(c), parse(n))) {
+        Some((Some(c), Some(n))) => Ok((c, n)),
+        _ => Err(format!("expected CHANNELSxSIDE such as 128x32, got {s:?}")),
+    }
+}
+
 /// Arguments of `bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -445,6 +454,10 @@ pub struct BenchArgs {
     /// Transformer stage: token grid side, codebook size and classes of the synthetic tokens.
     #[arg(long, num_args = 3, value_names = ["SIDE", "CODES", "CLASSES"], default_values_t = [16, 1024, 1000])]
     pub tokens: Vec<usize>,
+    /// Kernels stage: the 3x3 "same" convolutions to time, as CHANNELSxSIDE (channels in =
+    /// out, square maps; default: the tiny configs' and VGG-16's layers, e.g. 128x32,64x8).
+    #[arg(long, value_delimiter = ',', value_name = "CxS,...", value_parser = parse_conv_shape)]
+    pub conv_shapes: Vec<(usize, usize)>,
     /// FID Inception weights for the inception stage.
     #[arg(long, default_value = DEFAULT_WEIGHTS)]
     pub inception_weights: PathBuf,

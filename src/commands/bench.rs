@@ -385,8 +385,8 @@ pub fn bench_sampling(
     })
 }
 
-/// 3x3 "same" convolutions of the kernel benchmark: (channels in = out, map side), as in
-/// `bench/pytorch_reference.py`.
+/// 3x3 "same" convolutions of the kernel benchmark by default: (channels in = out, map side),
+/// as in `bench/pytorch_reference.py`.
 const CONV_SHAPES: [(usize, usize); 10] = [
     (128, 32),
     (64, 32),
@@ -405,6 +405,7 @@ pub fn bench_kernels(
     device: &Device,
     n: usize,
     batch: usize,
+    conv_shapes: &[(usize, usize)],
     steps: usize,
     warmup: usize,
 ) -> Result<Vec<Figures>> {
@@ -439,7 +440,7 @@ pub fn bench_kernels(
     // 3x3 "same" convolutions at the channel counts and map sizes of the models (tokenizer and
     // discriminator 16-64 channels at 8x8-32x32, VGG-16 64-512 at 32x32-4x4); burn-flex's
     // kernel beside ours at 128 channels.
-    for (c, side) in CONV_SHAPES {
+    for &(c, side) in conv_shapes {
         let conv_flop = 2.0 * (batch * c * c * 9 * side * side) as f64;
         let what = format!("conv2d 3x3 {c}->{c}, {batch}x{side}x{side}");
         let x = Tensor::<4>::random([batch, c, side, side], uniform, device);
@@ -458,7 +459,7 @@ pub fn bench_kernels(
                 Ok(())
             })
         };
-        if c == 128 {
+        if (c, side) == (128, 32) {
             let secs = time(warmup, steps, || {
                 let y = conv2d(x.clone(), w.clone(), None, options());
                 let _ = y.sum().into_scalar::<f32>();
@@ -632,7 +633,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             }
         }
         BenchStage::Peak => unreachable!("handled above"),
-        BenchStage::Kernels => bench_kernels(device, a.res, a.batch, a.steps, a.warmup)?,
+        BenchStage::Kernels => {
+            let shapes = match a.conv_shapes.as_slice() {
+                [] => &CONV_SHAPES[..],
+                chosen => chosen,
+            };
+            bench_kernels(device, a.res, a.batch, shapes, a.steps, a.warmup)?
+        }
         BenchStage::Transformer | BenchStage::Sample => {
             let mut tcfg = transformer::new_config(&a.transformer, &a.sets)?;
             tcfg.arch = a.arch;
