@@ -106,6 +106,15 @@ impl Grid {
         (self.rows * 2 * self.half).next_multiple_of(16)
     }
 
+    /// The [`NT`] / [`VEC`] vectors of tiles of the block from tile `t0`: `(g, ty, tx)`, the
+    /// vector's index in the block and its first tile's row and column.
+    fn groups(&self, t0: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..NT / VEC).map(move |g| {
+            let t = t0 + g * VEC;
+            (g, t / self.twp, t % self.twp)
+        })
+    }
+
     /// Tiles on the padded grid (`th` rows of `twp`).
     fn tiles(&self) -> usize {
         self.th * self.twp
@@ -460,9 +469,7 @@ mod avx512 {
         }
         // GT = A dY A^T, A = [[1, 0], [1, 1], [1, -1], [0, -1]], sixteen tiles per vector.
         let (gs, half) = (p.gs, p.gs.half);
-        for g in 0..NT / VEC {
-            let t = t0 + g * VEC;
-            let (ty, tx) = (t / p.grid.twp, t % p.grid.twp);
+        for (g, ty, tx) in p.grid.groups(t0) {
             for co in 0..c_out {
                 let dst = gt.as_mut_ptr();
                 let store = |xi: usize, val: __m512| unsafe {
@@ -518,6 +525,39 @@ mod avx512 {
         }
     }
 
+    /// `acc[r][k] = sum over j < n of a[rows[r] + j] b[j ld + 16 k..][..16]`: the register
+    /// tile of both products (8 rows of broadcasts by `C` vectors, 8 C accumulators).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512; every `a[rows[r] + j]` and `b[j ld + 16 C - 1]` with `j < n` is
+    /// readable.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub(super) unsafe fn outer_products<const C: usize>(
+        a: *const f32,
+        rows: [usize; 8],
+        b: *const f32,
+        ld: usize,
+        n: usize,
+    ) -> [[__m512; C]; 8] {
+        let mut acc = [[_mm512_setzero_ps(); C]; 8];
+        for j in 0..n {
+            // SAFETY: the caller's contract.
+            unsafe {
+                let src = b.add(j * ld);
+                let xv: [__m512; C] = std::array::from_fn(|k| _mm512_loadu_ps(src.add(k * VEC)));
+                let pa = a.add(j);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(*pa.add(rows[r]));
+                    for (s, &x) in acc.iter_mut().zip(&xv) {
+                        *s = _mm512_fmadd_ps(w, x, *s);
+                    }
+                }
+            }
+        }
+        acc
+    }
+
     /// One register tile of [`weight_block`]'s products: output channels `8 b..8 b + 8`
     /// (rows of `GT[xi]` at `rows`) by input channels `c0..c0 + 16 C`.
     #[allow(clippy::too_many_arguments)]
@@ -534,22 +574,9 @@ mod avx512 {
         m: &mut [f32],
     ) {
         let (c_out, cp) = (p.c_out, p.cp);
-        let mut acc = [[_mm512_setzero_ps(); C]; 8];
-        for t in 0..NT {
-            // SAFETY: t < NT and c0 + 16 C <= cp: inside V[xi]; rows of output channels
-            // < c_out plus t < NT: inside GT[xi].
-            unsafe {
-                let src = vxi.add(t * cp + c0);
-                let xv: [__m512; C] = std::array::from_fn(|k| _mm512_loadu_ps(src.add(k * VEC)));
-                let pg = gxi.add(t);
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let w = _mm512_set1_ps(*pg.add(rows[r]));
-                    for (s, &x) in a.iter_mut().zip(&xv) {
-                        *s = _mm512_fmadd_ps(w, x, *s);
-                    }
-                }
-            }
-        }
+        // SAFETY: t < NT and c0 + 16 C <= cp: inside V[xi]; rows of output channels < c_out
+        // plus t < NT: inside GT[xi].
+        let acc = unsafe { outer_products::<C>(gxi, rows, vxi.add(c0), cp, NT) };
         for (r, a) in acc.iter().enumerate() {
             let co = b * 8 + r;
             if co >= c_out {
@@ -650,7 +677,7 @@ mod avx512 {
         co: usize,
         row: &mut [f32],
     ) {
-        assert!(m.len() >= XI * c_out * cp && co < c_out && row.len() % 9 == 0);
+        assert!(m.len() >= XI * c_out * cp && co < c_out && row.len().is_multiple_of(9));
         let c_in = row.len() / 9;
         let half = _mm512_set1_ps(0.5);
         for c0 in (0..c_in).step_by(VEC) {
@@ -697,9 +724,7 @@ mod avx512 {
         // Lanes of (even, odd) interleaved: the first and the second sixteen outputs.
         let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
         let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-        for g in 0..NT / VEC {
-            let t = t0 + g * VEC;
-            let (ty, tx) = (t / grid.twp, t % grid.twp);
+        for (g, ty, tx) in grid.groups(t0) {
             if ty >= grid.th || 2 * tx >= ow {
                 continue;
             }
@@ -749,9 +774,7 @@ fn input_transform(grid: &Grid, planes: &[f32], t0: usize, v: &mut [f32]) {
     let (c, half, plane) = (grid.c, grid.half, grid.plane());
     assert!(v.len() >= XI * c * NT && planes.len() >= c * plane);
     let (src, dst) = (planes.as_ptr(), v.as_mut_ptr());
-    for g in 0..NT / VEC {
-        let t = t0 + g * VEC;
-        let (ty, tx) = (t / grid.twp, t % grid.twp);
+    for (g, ty, tx) in grid.groups(t0) {
         for ci in 0..c {
             let at = |xi: usize| (xi * c + ci) * NT + g * VEC;
             let store = |xi: usize, val: [f32; VEC]| {
@@ -860,9 +883,7 @@ fn products_generic<const L: usize, const R: usize, const C: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
 fn products_avx512(u: &[f32], v: &[f32], c_out: usize, c: usize, m: &mut [f32]) {
-    use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_storeu_ps,
-    };
+    use std::arch::x86_64::_mm512_storeu_ps;
     const L: usize = 16;
     const R: usize = 8;
     const C: usize = NT / L;
@@ -872,22 +893,9 @@ fn products_avx512(u: &[f32], v: &[f32], c_out: usize, c: usize, m: &mut [f32]) 
         for b in 0..c_out.div_ceil(R) {
             // Rows past the last output channel read the last one (their results are dropped).
             let rows: [usize; R] = std::array::from_fn(|r| (b * R + r).min(c_out - 1) * c);
-            let mut acc = [[_mm512_set1_ps(0.0); C]; R];
-            for ci in 0..c {
-                // SAFETY: ci < c: inside V[xi] (asserted above); row offsets of output
-                // channels < c_out plus ci < c: inside U[xi].
-                unsafe {
-                    let src = vxi.add(ci * NT);
-                    let xv: [__m512; C] = std::array::from_fn(|k| _mm512_loadu_ps(src.add(k * L)));
-                    let pw = uxi.add(ci);
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        let w = _mm512_set1_ps(*pw.add(rows[r]));
-                        for (s, &x) in a.iter_mut().zip(&xv) {
-                            *s = _mm512_fmadd_ps(w, x, *s);
-                        }
-                    }
-                }
-            }
+            // SAFETY: ci < c: inside V[xi] (asserted above); row offsets of output channels
+            // < c_out plus ci < c: inside U[xi].
+            let acc = unsafe { avx512::outer_products::<C>(uxi, rows, vxi, NT, c) };
             for (r, a) in acc.iter().enumerate() {
                 let co = b * R + r;
                 if co >= c_out {
@@ -910,9 +918,7 @@ fn output_transform(grid: &Grid, m: &[f32], c_out: usize, t0: usize, out: Shared
     let (oh, ow) = (grid.oh, grid.ow);
     assert!(m.len() >= XI * c_out * NT);
     let src = m.as_ptr();
-    for g in 0..NT / VEC {
-        let t = t0 + g * VEC;
-        let (ty, tx) = (t / grid.twp, t % grid.twp);
+    for (g, ty, tx) in grid.groups(t0) {
         if ty >= grid.th || 2 * tx >= ow {
             continue;
         }
