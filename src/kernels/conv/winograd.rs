@@ -1,7 +1,8 @@
-//! Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions on large maps (Lavin & Gray, "Fast
-//! Algorithms for Convolutional Neural Networks", 2016): each 2x2 block of outputs (a tile) is
-//! `A^T [(G g G^T) . (B^T d B)] A` for the 4x4 input patch `d` under it, so that a tile costs
-//! 16 multiply-adds per (input, output) channel pair instead of the direct kernel's 36.
+//! Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions on maps of at least 32x32 (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 2x2 block of outputs (a
+//! tile) is `A^T [(G g G^T) . (B^T d B)] A` for the 4x4 input patch `d` under it, so that a
+//! tile costs 16 multiply-adds per (input, output) channel pair instead of the direct kernel's
+//! 36.
 //!
 //! Per call the weights are transformed once, `U[xi][co][ci] = (G g G^T)[xi]`. Per block of
 //! [`NT`] tiles (in parallel):
@@ -9,13 +10,16 @@
 //!    split into even and odd columns first, so that the patches of consecutive tiles are
 //!    contiguous vectors);
 //! 2. sixteen products `M[xi] = U[xi] V[xi]` (`c_out x c_in` by `c_in x NT`), a register tile
-//!    of `R` output channels by the block's tiles as in the direct forward, all loads aligned;
+//!    of 8 output channels by the block's tiles as in the direct forward, its loads aligned;
 //! 3. output transform `A^T M A` into the NCHW output, then the epilogue per output channel.
 //!
-//! Rounding: the transforms add and subtract up to nine products' worth of terms before the
-//! products, so results differ from the direct kernel's in the last bits (relative error
-//! ~1e-6, checked against it in the tests). The input gradient of a 3x3 stride-1 convolution
-//! is a forward convolution too (`direct::input_grad`), so both take this path.
+//! The input gradient of a 3x3 stride-1 convolution is a forward convolution too
+//! (`direct::input_grad`), so both take this path; the weight gradient ([`weight_grad`]) sums
+//! `(A dY A^T) . V` over tiles and transforms the sum back with `G`.
+//!
+//! Rounding: the transforms add and subtract several terms before and after the products, so
+//! results differ from the direct kernel's in the last bits; against a float64 reference they
+//! stay within twice the direct kernel's error (a test).
 
 // The transforms are small matrix products written out: their loops index several arrays by
 // the same coordinate, as the formulas do.
@@ -44,8 +48,8 @@ const XI: usize = 16;
 /// Smallest side (input and output) taking this path: a row of 16 tiles, so that the vectors
 /// of tiles are full (a 16x16 map would fill half of each). On 32x32 maps this path lost while
 /// the weights' transform ran one entry at a time (8 ms for 512 x 512 channels); vectorised,
-/// it wins there too (kernel bench, batch 1, forward + backward: 512 channels 356 -> 441
-/// GFLOP/s, 128 channels 312 -> 374, 64 channels 269 -> 285).
+/// it wins there too (kernel bench, batch 1, forward + backward, direct then Winograd: 512
+/// channels 339-349 -> 439-471 GFLOP/s, 128 channels 312 -> 374, 64 channels 269 -> 285).
 const MIN_SIDE: usize = 32;
 
 /// Channels (input and output) this path takes: fewer leave the products too short to pay for
