@@ -1416,9 +1416,9 @@ mod tests {
         matches_burn(&cases);
     }
 
-    /// [`conv2d_with`] on maps that take the Winograd kernel (forward and input gradient)
-    /// against burn's conv: a square map with a part-filled block of output channels, and an
-    /// odd width with asymmetric padding.
+    /// [`conv2d_with`] on maps that take the Winograd kernels (forward, input gradient and,
+    /// on AVX-512, weight gradient) against burn's conv: a square map with a part-filled block
+    /// of output channels, and an odd width with asymmetric padding.
     #[test]
     fn winograd_matches_burn_conv2d() {
         let cases = [
