@@ -68,20 +68,16 @@ pub(super) fn applies(s: &Shape2d, o: &ConvOptions<2>) -> bool {
 }
 
 /// The tile grid of one image: `th x tw` tiles of 2x2 outputs (rows of tiles padded to `twp`,
-/// a multiple of [`VEC`]), over the input split into even and odd columns: per channel, `rows`
-/// input rows (`2 th + 2`, padding included), each as `half` even columns then `half` odd ones.
+/// a multiple of [`VEC`]), over the input split into even and odd columns (`input`: per
+/// channel `2 th + 2` input rows, padding included, each `twp + 1` even columns then as many
+/// odd ones: tile `tx` reads even and odd columns `tx` and `tx + 1`).
 struct Grid {
     c: usize,
-    h: usize,
-    w: usize,
-    top: usize,
-    left: usize,
     oh: usize,
     ow: usize,
     th: usize,
     twp: usize,
-    rows: usize,
-    half: usize,
+    input: Split,
 }
 
 impl Grid {
@@ -89,25 +85,25 @@ impl Grid {
         let (oh, ow) = (h + pad[0].0 + pad[0].1 - 2, w + pad[1].0 + pad[1].1 - 2);
         let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
         let twp = tw.next_multiple_of(VEC);
+        let input = Split::new([h, w], [pad[0].0, pad[1].0], 2 * th + 2, twp + 1);
         Self {
             c,
-            h,
-            w,
-            top: pad[0].0,
-            left: pad[1].0,
             oh,
             ow,
             th,
             twp,
-            rows: 2 * th + 2,
-            // Tile `tx` reads even and odd columns `tx` and `tx + 1`.
-            half: twp + 1,
+            input,
         }
     }
 
-    /// Floats per channel of the split planes, rounded to a 64-byte multiple.
+    /// Floats per channel of the split input planes.
     fn plane(&self) -> usize {
-        (self.rows * 2 * self.half).next_multiple_of(16)
+        self.input.plane
+    }
+
+    /// Floats per row half of the split input planes.
+    fn half(&self) -> usize {
+        self.input.half
     }
 
     /// The [`NT`] / [`VEC`] vectors of tiles of the block from tile `t0`: `(g, ty, tx)`, the
@@ -127,33 +123,19 @@ impl Grid {
     /// One image `x` (`[c][h][w]`) into `dst` as zero-padded planes split into even and odd
     /// columns: padded column `p` of row `r` at `r 2 half + (p % 2) half + p / 2`.
     fn split(&self, dst: &mut [f32], x: &[f32]) {
-        let split = Split {
-            hw: [self.h, self.w],
-            at: [self.top, self.left],
-            rows: self.rows,
-            half: self.half,
-            plane: self.plane(),
-        };
-        split.run(dst, x);
+        self.input.run(dst, x);
     }
 
     /// The output gradient's planes for [`weight_grad`]: `[c_out][oh][ow]` split into even and
     /// odd columns, `2 th` rows of `twp` each (zeros past the outputs), so that tile `(ty, tx)`
     /// reads rows `2 ty`, `2 ty + 1` at even and odd column `tx`.
     fn grad_split(&self) -> Split {
-        let (rows, half) = (2 * self.th, self.twp);
-        Split {
-            hw: [self.oh, self.ow],
-            at: [0, 0],
-            rows,
-            half,
-            plane: (rows * 2 * half).next_multiple_of(16),
-        }
+        Split::new([self.oh, self.ow], [0, 0], 2 * self.th, self.twp)
     }
 }
 
 /// Planes of `hw` maps placed at row and column `at` of `rows` zero rows, each row split into
-/// `half` even then `half` odd columns; planes `plane` floats apart.
+/// `half` even then `half` odd columns; planes `plane` floats apart (a 64-byte multiple).
 struct Split {
     hw: [usize; 2],
     at: [usize; 2],
@@ -163,6 +145,17 @@ struct Split {
 }
 
 impl Split {
+    fn new(hw: [usize; 2], at: [usize; 2], rows: usize, half: usize) -> Self {
+        let plane = (rows * 2 * half).next_multiple_of(16);
+        Self {
+            hw,
+            at,
+            rows,
+            half,
+            plane,
+        }
+    }
+
     fn run(&self, dst: &mut [f32], x: &[f32]) {
         let ([h, w], [top, left], half) = (self.hw, self.at, self.half);
         dst.par_chunks_mut(self.plane)
@@ -608,7 +601,7 @@ mod avx512 {
         t0: usize,
         put: &mut impl FnMut(usize, __m512),
     ) {
-        let (half, plane) = (grid.half, grid.plane());
+        let (half, plane) = (grid.half(), grid.plane());
         let (ty, tx) = (t0 / grid.twp, t0 % grid.twp);
         if ty >= grid.th {
             (0..XI).for_each(|xi| put(xi, _mm512_setzero_ps()));
@@ -775,7 +768,7 @@ mod avx512 {
 /// row of tiles get zeros.
 #[inline(always)]
 fn input_transform(grid: &Grid, planes: &[f32], t0: usize, v: &mut [f32]) {
-    let (c, half, plane) = (grid.c, grid.half, grid.plane());
+    let (c, half, plane) = (grid.c, grid.half(), grid.plane());
     assert!(v.len() >= XI * c * NT && planes.len() >= c * plane);
     let (src, dst) = (planes.as_ptr(), v.as_mut_ptr());
     for (g, ty, tx) in grid.groups(t0) {
